@@ -1,0 +1,132 @@
+"""The ``hearken`` command. Thin: typed options, one call into the library each.
+
+Results go to stdout, logs and progress to stderr. Exit codes are stable and documented:
+
+| code | meaning |
+|---|---|
+| 0 | success |
+| 1 | unexpected failure (a bug: please report it) |
+| 2 | wrong usage (unknown option, missing argument) |
+| 3 | the input message cannot be read (empty, binary, not UTF-8, too long) |
+| 4 | the model folder is missing, incomplete, corrupted or incompatible |
+| 5 | a configuration, policy or catalogue file is invalid |
+| 6 | a data set or data directory is missing or malformed |
+| 7 | a batch finished but some rows were rejected (see the rejects file) |
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.errors import HearkenError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Hearken: read the whole customer message, find the actual ask, route it.",
+    pretty_exceptions_enable=False,
+)
+ModelOption = Annotated[
+    Path | None,
+    typer.Option("--model", "-m", help="Model folder (default: $HEARKEN_MODEL or the committed default)."),
+]
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _fail(error: HearkenError) -> typer.Exit:
+    typer.echo(f"error: {error}", err=True)
+    return typer.Exit(error.exit_code)
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress to stderr.")] = False,
+) -> None:
+    _setup_logging(verbose)
+
+
+@app.command()
+def route(
+    text: Annotated[str | None, typer.Argument(help="Message text, or - to read stdin.")] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", help="Read the message from this file.")
+    ] = None,
+    model: ModelOption = None,
+    message_id: Annotated[str | None, typer.Option("--id", help="Id to echo in the result.")] = None,
+    subject: Annotated[str | None, typer.Option("--subject", help="Subject line, if any.")] = None,
+    compact: Annotated[bool, typer.Option("--compact", help="One-line JSON.")] = False,
+) -> None:
+    """Route one message and print its v1 result as JSON."""
+    from pipeline.normalise import decode_text
+    from pipeline.schema import Message
+    from pipeline.triage import Pipeline
+
+    try:
+        if file is not None and text is not None:
+            raise typer.BadParameter("give either TEXT or --file, not both")
+        if file is not None:
+            try:
+                body = decode_text(file.read_bytes())
+            except OSError as exc:
+                typer.echo(f"error: cannot read {file}: {exc.strerror}. Fix: check the path.", err=True)
+                raise typer.Exit(3) from exc
+        elif text == "-" or (text is None and not sys.stdin.isatty()):
+            body = decode_text(sys.stdin.buffer.read())
+        elif text is not None:
+            body = text
+        else:
+            raise typer.BadParameter("give the message as TEXT, --file PATH, or - for stdin")
+        pipeline = Pipeline.from_folder(model)
+        extra = {"id": message_id} if message_id else {}
+        result = pipeline.route(Message(text=body, subject=subject, **extra))
+    except HearkenError as error:
+        raise _fail(error) from error
+    typer.echo(result.model_dump_json(indent=None if compact else 2))
+
+
+@app.command()
+def train(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Training config YAML.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Model folder to write.")] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Shared data sets folder.")] = None,
+) -> None:
+    """Train a model folder from a config (default: pipeline/configs/default.yaml)."""
+    from pipeline.training import load_train_config
+    from pipeline.training import train as run_training
+
+    try:
+        train_config = load_train_config(config)
+        updates = {
+            k: v for k, v in {"output": output, "data_dir": str(data_dir) if data_dir else None}.items() if v
+        }
+        folder = run_training(train_config.model_copy(update=updates))
+    except HearkenError as error:
+        raise _fail(error) from error
+    typer.echo(str(folder))
+
+
+def _register_commands() -> None:
+    """Commands that live with their feature (each module imports its heavy parts lazily)."""
+    from pipeline.backlog_cli import retriage
+    from pipeline.service.cli import serve
+
+    app.command()(retriage)
+    app.command()(serve)
+
+
+_register_commands()
+
+if __name__ == "__main__":
+    app()

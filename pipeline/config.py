@@ -1,0 +1,66 @@
+"""Pipeline configuration: one pydantic model per stage, composed into ``PipelineConfig``.
+
+Every field has a description and unknown keys are rejected, so a typo in a YAML/JSON config
+fails loudly instead of silently using a default. The resolved config is saved inside each
+model folder: a model always runs with the settings it was evaluated with.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pipeline.normalise import NormaliserConfig
+from pipeline.runtime import Precision
+from pipeline.segment import SegmenterConfig
+
+
+class EncoderConfig(BaseModel):
+    """How message text is cut into encoder windows and run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_window_tokens: int = Field(
+        default=256,
+        ge=32,
+        le=512,
+        description="Tokens per encoder window including [CLS]/[SEP]; 256 is what all-MiniLM-L6-v2 was "
+        "tuned on and is faster than 512 for long messages.",
+    )
+    window_overlap_tokens: int = Field(
+        default=64, ge=0, description="Context shared by consecutive windows of a long message."
+    )
+    batch_size: int = Field(
+        default=8, ge=1, description="Windows per forward pass (8 was best on 2-core CPUs)."
+    )
+    precision: Precision = Field(
+        default="auto", description="auto picks bf16 autocast on CPUs with native bf16, else fp32."
+    )
+    num_threads: int | None = Field(default=None, description="torch intra-op threads; None = torch default.")
+
+    @model_validator(mode="after")
+    def _overlap_fits(self) -> EncoderConfig:
+        if self.window_overlap_tokens * 2 >= self.max_window_tokens - 2:
+            raise ValueError("window_overlap_tokens must be less than half of max_window_tokens")
+        return self
+
+
+class AskConfig(BaseModel):
+    """Which scored sentences are reported as asks."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="Minimum ask probability; chosen on held-out dev data."
+    )
+    max_asks: int = Field(default=5, ge=1, description="At most this many asks are reported, best first.")
+
+
+class PipelineConfig(BaseModel):
+    """Everything the pipeline needs besides weights; saved as ``config.json`` in the model folder."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    normaliser: NormaliserConfig = Field(default_factory=NormaliserConfig, description="Normalise stage.")
+    segmenter: SegmenterConfig = Field(default_factory=SegmenterConfig, description="Segment stage.")
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig, description="Encoder windows and runtime.")
+    asks: AskConfig = Field(default_factory=AskConfig, description="Ask reporting.")

@@ -1,0 +1,427 @@
+"""The encoder stage: one transformer pass per message window, several heads on top.
+
+Why this shape:
+- A customer's ask is often buried deep in a long message, and whether a sentence is an ask
+  depends on the sentences around it ("Can you remove it?" needs the sentence before). So the
+  encoder reads the *whole* message in overlapping windows and every sentence is pooled from
+  its tokens *in context*, in the window where it has the most context on both sides.
+- Sentence heads (ask, intent) and message heads (product) share that single pass, so adding a
+  head costs almost nothing at inference.
+- Nothing is truncated: a sentence longer than a window is cut into pieces that are scored
+  separately and recombined.
+
+Tokenizer encodings and tensors stay inside this module; callers get numpy arrays.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from tokenizers import Tokenizer
+from torch import nn
+from transformers import BertConfig, BertModel
+
+from pipeline.config import EncoderConfig
+from pipeline.runtime import configure_threads, inference_context, resolve_precision
+
+log = logging.getLogger(__name__)
+
+
+class HeadSpec(BaseModel):
+    """One prediction head: what it reads (a sentence or the whole message) and its labels."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Head name, e.g. ask, intent, product.")
+    level: Literal["sentence", "message"] = Field(description="Pooled over one sentence or the message.")
+    kind: Literal["binary", "multiclass"] = Field(description="binary: one sigmoid logit; else softmax.")
+    labels: list[str] = Field(description="Class names in logit order (binary: [negative, positive]).")
+    temperature: float = Field(
+        default=1.0, gt=0.0, description="Calibration temperature fitted on held-out data."
+    )
+
+    @property
+    def n_outputs(self) -> int:
+        return 1 if self.kind == "binary" else len(self.labels)
+
+
+class HearkenNet(nn.Module):
+    """A BERT encoder with small MLP heads over pooled sentence pieces and whole messages."""
+
+    def __init__(self, bert_config: BertConfig, heads: Sequence[HeadSpec], head_dropout: float = 0.1) -> None:
+        super().__init__()
+        self.encoder = BertModel(bert_config, add_pooling_layer=False)
+        hidden = bert_config.hidden_size
+        self.head_specs = {h.name: h for h in heads}
+        self.heads = nn.ModuleDict(
+            {
+                h.name: nn.Sequential(
+                    nn.Dropout(head_dropout),
+                    nn.Linear(hidden, hidden),
+                    nn.GELU(),
+                    nn.Dropout(head_dropout),
+                    nn.Linear(hidden, h.n_outputs),
+                )
+                for h in heads
+            }
+        )
+
+    def pool(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        piece_index: torch.Tensor,
+        piece_message: torch.Tensor,
+        n_messages: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encode windows; return piece representations and per-message token sums and counts.
+
+        ``piece_index`` [windows, tokens] holds, per token, the batch-global index of the sentence
+        piece it belongs to (-1 for special tokens, padding and context-only tokens), so every
+        token of a message is pooled exactly once however the windows overlap. Message sums are
+        returned un-normalised so that a long message spread over several batches can be summed.
+        """
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = hidden.float()
+        flat_hidden = hidden.reshape(-1, hidden.shape[-1])
+        flat_index = piece_index.reshape(-1)
+        keep = flat_index >= 0
+        n_pieces = piece_message.shape[0]
+        piece_sum = torch.zeros(n_pieces, hidden.shape[-1], dtype=hidden.dtype, device=hidden.device)
+        piece_sum.index_add_(0, flat_index[keep], flat_hidden[keep])
+        piece_count = torch.bincount(flat_index[keep], minlength=n_pieces).to(hidden.dtype)
+        piece_rep = piece_sum / piece_count.clamp(min=1.0)[:, None]
+        message_sum = torch.zeros(n_messages, hidden.shape[-1], dtype=hidden.dtype, device=hidden.device)
+        message_sum.index_add_(0, piece_message, piece_sum)
+        message_count = torch.zeros(n_messages, dtype=hidden.dtype, device=hidden.device)
+        message_count.index_add_(0, piece_message, piece_count)
+        return piece_rep, message_sum, message_count
+
+    def head_logits(
+        self, level: Literal["sentence", "message"], rep: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Apply every head of one level to pooled representations."""
+        return {name: self.heads[name](rep) for name, spec in self.head_specs.items() if spec.level == level}
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        piece_index: torch.Tensor,
+        piece_message: torch.Tensor,
+        n_messages: int,
+    ) -> dict[str, torch.Tensor]:
+        """Logits of every head, for a batch that holds all windows of each of its messages."""
+        piece_rep, message_sum, message_count = self.pool(
+            input_ids, attention_mask, piece_index, piece_message, n_messages
+        )
+        outputs = self.head_logits("sentence", piece_rep)
+        if any(spec.level == "message" for spec in self.head_specs.values()):
+            outputs.update(self.head_logits("message", message_sum / message_count.clamp(min=1.0)[:, None]))
+        return outputs
+
+
+# ----------------------------------------------------------------------------------------------
+# Windows
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A sentence, or a part of an over-long sentence, as a token range of the message."""
+
+    sentence: int
+    token_start: int
+    token_end: int
+
+
+@dataclass
+class Window:
+    """Token range of one encoder window and the pieces it is responsible for."""
+
+    message: int
+    token_start: int
+    token_end: int
+    pieces: list[Piece] = field(default_factory=list)
+
+
+@dataclass
+class TokenisedMessage:
+    """Token ids and character offsets of one message body (no special tokens)."""
+
+    ids: list[int]
+    starts: list[int]
+    ends: list[int]
+
+
+def sentence_token_ranges(
+    tokens: TokenisedMessage, sentences: Sequence[tuple[int, int]]
+) -> list[tuple[int, int]]:
+    """Map character spans of sentences to token ranges (tokens that overlap the span)."""
+    ranges = []
+    for start, end in sentences:
+        first = bisect.bisect_right(tokens.ends, start)  # first token ending after the span start
+        last = bisect.bisect_left(tokens.starts, end)  # first token starting at/after the span end
+        ranges.append((first, max(first, last)))
+    return ranges
+
+
+def plan_windows(
+    message: int,
+    n_tokens: int,
+    sentence_ranges: Sequence[tuple[int, int]],
+    max_window_tokens: int,
+    overlap: int,
+) -> list[Window]:
+    """Cover a message with windows so every sentence piece is scored with context both sides.
+
+    A piece is at most ``content - 2*overlap`` tokens, so it always fits in a window with
+    ``overlap`` tokens of context before and after it (where the message has them).
+    """
+    content = max_window_tokens - 2
+    pieces: list[Piece] = []
+    max_piece = content if n_tokens <= content else content - 2 * overlap
+    for index, (start, end) in enumerate(sentence_ranges):
+        if end <= start:
+            continue  # a sentence with no tokens (e.g. only control characters) has nothing to score
+        for piece_start in range(start, end, max_piece):
+            pieces.append(Piece(index, piece_start, min(end, piece_start + max_piece)))
+    if not pieces:
+        return []
+    if n_tokens <= content:
+        return [Window(message, 0, n_tokens, pieces)]
+    windows: list[Window] = []
+    i = 0
+    while i < len(pieces):
+        start = max(0, pieces[i].token_start - overlap)
+        start = max(0, min(start, n_tokens - content))
+        end = min(n_tokens, start + content)
+        owned_end = end if end == n_tokens else end - overlap
+        window = Window(message, start, end)
+        while i < len(pieces) and pieces[i].token_end <= owned_end:
+            window.pieces.append(pieces[i])
+            i += 1
+        if not window.pieces:  # cannot happen given max_piece, but never loop forever
+            window.pieces.append(pieces[i])
+            i += 1
+        windows.append(window)
+    return windows
+
+
+@dataclass
+class Batch:
+    """Tensors for one forward pass plus the bookkeeping to map outputs back."""
+
+    tensors: dict[str, torch.Tensor]
+    message_ids: list[int]  # global message index of each batch-local message
+    pieces: list[tuple[int, Piece]]  # (global message index, piece)
+
+    @property
+    def n_messages(self) -> int:
+        return len(self.message_ids)
+
+
+def collate(
+    windows: Sequence[Window], tokens: Sequence[TokenisedMessage], cls_id: int, sep_id: int, pad_id: int
+) -> Batch:
+    """Build padded tensors for a list of windows (dynamic padding to the longest window)."""
+    length = max(w.token_end - w.token_start for w in windows) + 2
+    input_ids = torch.full((len(windows), length), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(windows), length), dtype=torch.long)
+    piece_index = torch.full((len(windows), length), -1, dtype=torch.long)
+    message_ids = sorted({w.message for w in windows})
+    local_message = {m: i for i, m in enumerate(message_ids)}
+    piece_message: list[int] = []
+    pieces: list[tuple[int, Piece]] = []
+    for row, window in enumerate(windows):
+        ids = tokens[window.message].ids[window.token_start : window.token_end]
+        n = len(ids) + 2
+        input_ids[row, :n] = torch.tensor([cls_id, *ids, sep_id], dtype=torch.long)
+        attention[row, :n] = 1
+        for piece in window.pieces:
+            a = piece.token_start - window.token_start + 1
+            b = piece.token_end - window.token_start + 1
+            piece_index[row, a:b] = len(pieces)
+            piece_message.append(local_message[window.message])
+            pieces.append((window.message, piece))
+    tensors = {
+        "input_ids": input_ids,
+        "attention_mask": attention,
+        "piece_index": piece_index,
+        "piece_message": torch.tensor(piece_message, dtype=torch.long),
+    }
+    return Batch(tensors, message_ids, pieces)
+
+
+# ----------------------------------------------------------------------------------------------
+# Inference stage
+
+
+@dataclass
+class EncoderOutput:
+    """Per-message probabilities from every head (numpy; nothing torch leaves this module)."""
+
+    sentence_probs: dict[str, np.ndarray]  # head -> [n_sentences] (binary) or [n_sentences, n_labels]
+    message_probs: dict[str, np.ndarray]  # head -> [n_labels]
+    sentence_scored: np.ndarray  # [n_sentences] bool: False for sentences with no tokens
+
+
+def load_tokenizer(path: Path) -> Tokenizer:
+    """Load ``tokenizer.json`` with truncation and padding switched off.
+
+    The file shipped with all-MiniLM-L6-v2 fixes both at 128 tokens, which would silently cut
+    every message; windows are planned here instead.
+    """
+    tokenizer = Tokenizer.from_file(str(path))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return tokenizer
+
+
+class TextEncoder:
+    """Runs the network over message bodies split into sentences; returns calibrated probabilities."""
+
+    def __init__(self, net: HearkenNet, tokenizer: Tokenizer, config: EncoderConfig) -> None:
+        self.net = net.eval()
+        self.tokenizer = tokenizer
+        self.config = config
+        self.precision = resolve_precision(config.precision)
+        configure_threads(config.num_threads)
+        self.cls_id = self._special_id("[CLS]")
+        self.sep_id = self._special_id("[SEP]")
+        self.pad_id = self._special_id("[PAD]")
+        self.head_specs = dict(net.head_specs)
+
+    def _special_id(self, token: str) -> int:
+        token_id = self.tokenizer.token_to_id(token)
+        if token_id is None:
+            raise ValueError(f"tokenizer has no {token} token")
+        return token_id
+
+    def tokenise(self, texts: Sequence[str]) -> list[TokenisedMessage]:
+        """Tokenise bodies in one batched call (the Rust tokenizer parallelises it)."""
+        encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        out = []
+        for enc in encodings:
+            offsets = enc.offsets
+            out.append(TokenisedMessage(list(enc.ids), [o[0] for o in offsets], [o[1] for o in offsets]))
+        return out
+
+    def plan(
+        self, tokens: Sequence[TokenisedMessage], sentences: Sequence[Sequence[tuple[int, int]]]
+    ) -> tuple[list[Window], list[list[tuple[int, int]]]]:
+        """Plan windows for every message; returns windows and per-message sentence token ranges."""
+        windows: list[Window] = []
+        ranges_all = []
+        for index, (toks, sents) in enumerate(zip(tokens, sentences, strict=True)):
+            ranges = sentence_token_ranges(toks, sents)
+            ranges_all.append(ranges)
+            windows.extend(
+                plan_windows(
+                    index,
+                    len(toks.ids),
+                    ranges,
+                    self.config.max_window_tokens,
+                    self.config.window_overlap_tokens,
+                )
+            )
+        return windows, ranges_all
+
+    def encode(
+        self, texts: Sequence[str], sentences: Sequence[Sequence[tuple[int, int]]]
+    ) -> list[EncoderOutput]:
+        """Score every sentence and message. Windows are sorted by length and batched."""
+        tokens = self.tokenise(texts)
+        windows, _ = self.plan(tokens, sentences)
+        windows.sort(key=lambda w: w.token_end - w.token_start)
+        n_msgs = len(texts)
+        sentence_heads = [n for n, s in self.head_specs.items() if s.level == "sentence"]
+        has_message_heads = any(s.level == "message" for s in self.head_specs.values())
+        piece_logits: dict[str, list[list[tuple[int, np.ndarray]]]] = {
+            name: [[] for _ in range(n_msgs)] for name in sentence_heads
+        }
+        hidden_size = self.net.encoder.config.hidden_size
+        message_sum = torch.zeros(n_msgs, hidden_size)
+        message_count = torch.zeros(n_msgs)
+        size = self.config.batch_size
+        with inference_context(self.precision):
+            for offset in range(0, len(windows), size):
+                batch = collate(
+                    windows[offset : offset + size], tokens, self.cls_id, self.sep_id, self.pad_id
+                )
+                t = batch.tensors
+                piece_rep, batch_sum, batch_count = self.net.pool(
+                    t["input_ids"],
+                    t["attention_mask"],
+                    t["piece_index"],
+                    t["piece_message"],
+                    batch.n_messages,
+                )
+                for name, logits in self.net.head_logits("sentence", piece_rep).items():
+                    values = logits.float().numpy()
+                    for row, (message, piece) in enumerate(batch.pieces):
+                        piece_logits[name][message].append((piece.sentence, values[row]))
+                if has_message_heads:
+                    global_ids = torch.tensor(batch.message_ids, dtype=torch.long)
+                    message_sum.index_add_(0, global_ids, batch_sum.float())
+                    message_count.index_add_(0, global_ids, batch_count.float())
+            message_logits: dict[str, np.ndarray] = {}
+            if has_message_heads and n_msgs:
+                rep = message_sum / message_count.clamp(min=1.0)[:, None]
+                message_logits = {
+                    name: logits.float().numpy()
+                    for name, logits in self.net.head_logits("message", rep).items()
+                }
+        present = (message_count > 0).numpy()
+        return [
+            self._combine(i, len(sentences[i]), piece_logits, message_logits if present[i] else {})
+            for i in range(n_msgs)
+        ]
+
+    def _combine(
+        self,
+        index: int,
+        n_sentences: int,
+        piece_logits: dict[str, list[list[tuple[int, np.ndarray]]]],
+        message_logits: dict[str, np.ndarray],
+    ) -> EncoderOutput:
+        n = n_sentences
+        scored = np.zeros(n, dtype=bool)
+        sentence_probs: dict[str, np.ndarray] = {}
+        for name, per_message in piece_logits.items():
+            spec = self.head_specs[name]
+            if spec.kind == "binary":
+                best = np.full(n, -np.inf, dtype=np.float64)
+                for sentence, logit in per_message[index]:
+                    best[sentence] = max(best[sentence], float(logit[0]))  # a long sentence: its best piece
+                    scored[sentence] = True
+                probs = np.zeros(n, dtype=np.float64)
+                probs[scored] = 1.0 / (1.0 + np.exp(-best[scored] / spec.temperature))
+            else:
+                sums = np.zeros((n, spec.n_outputs), dtype=np.float64)
+                counts = np.zeros(n)
+                for sentence, logit in per_message[index]:
+                    sums[sentence] += logit
+                    counts[sentence] += 1
+                    scored[sentence] = True
+                probs = softmax(sums / np.maximum(counts, 1)[:, None] / spec.temperature)
+            sentence_probs[name] = probs
+        message_probs = {
+            name: softmax(logits[index][None, :] / self.head_specs[name].temperature)[0]
+            for name, logits in message_logits.items()
+        }
+        return EncoderOutput(sentence_probs, message_probs, scored)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Numerically stable softmax over the last axis."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)

@@ -1,0 +1,339 @@
+"""Training messages for the multi-task model, built from real text.
+
+Every head reads the same windows, so every training example is a whole message with labels
+per sentence (ask, intent) and per message (product); a label a source does not have is
+ignored in the loss. The ask scorer must judge a sentence *in its message*, so:
+- Parakweet email sentences, alone and in small groups (real asks and non-asks);
+- MultiDoGO customer turns (chat-style, lowercase, no punctuation; requests vs greetings,
+  thanks, confirmations and bare information);
+- buried asks: a real request (Banking77 or MultiDoGO) placed at the start, middle or end of a
+  run of real background sentences from a CFPB narrative, sometimes two asks, sometimes none;
+- the team's own hard cases (``data/ask_training/team_written.jsonl``): rhetorical questions,
+  venting, auto-replies, thank-yous, and asks that only make sense with the sentence before.
+Intent comes from Banking77 utterances, alone and buried in background (the intent must be
+read from the ask, not the opening lines); product from whole CFPB narratives.
+
+Rows of the hand-labelled evaluation sets are excluded from every background, and test splits
+of public benchmarks are never read here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline import corpora
+from pipeline.normalise import Normaliser, NormaliserConfig
+from pipeline.segment import Segmenter, SegmenterConfig
+
+IGNORE = -100
+TEAM_WRITTEN = Path(__file__).resolve().parent.parent / "data" / "ask_training" / "team_written.jsonl"
+GOLD_DIR = Path(__file__).resolve().parent.parent / "data" / "asks"
+
+# Background sentences that look like requests are dropped so that "background" stays background.
+_REQUEST_LIKE = re.compile(
+    r"\?|\b(please|kindly|i (would like|want|need|request|am requesting|ask|demand|expect)|"
+    r"i'd like|can you|could you|would you|will you|help me|let me know|"
+    r"(remove|delete|refund|correct|fix|investigate|cancel|close|reimburse|return) "
+    r"(this|these|the|my|it|them|all))\b",
+    re.IGNORECASE,
+)
+
+
+@dataclass
+class TrainingMessage:
+    """A message body (already normalised) with sentence spans and labels.
+
+    ``ask`` has one label per sentence (1 ask, 0 not, IGNORE unknown); ``intent`` one label name
+    per sentence or None; ``product`` the message's product label or None.
+    """
+
+    text: str
+    sentences: list[tuple[int, int]]
+    ask: list[int]
+    source: str
+    intent: list[str | None] = field(default_factory=list)
+    product: str | None = None
+    ask_positions: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.intent:
+            self.intent = [None] * len(self.sentences)
+
+
+def join_sentences(
+    sentences: Sequence[str],
+    labels: Sequence[int],
+    source: str,
+    sep: str = " ",
+    intents: Sequence[str | None] | None = None,
+) -> TrainingMessage:
+    """Concatenate sentences into one message, remembering each sentence's span."""
+    text, spans = "", []
+    for sentence in sentences:
+        if text:
+            text += sep
+        spans.append((len(text), len(text) + len(sentence)))
+        text += sentence
+    return TrainingMessage(text, spans, list(labels), source, intent=list(intents or [None] * len(spans)))
+
+
+def parakweet_messages(rows: Sequence[corpora.LabelledSentence], rng: random.Random) -> list[TrainingMessage]:
+    """Half the sentences alone (as the benchmark reads them), half in groups of 2-4."""
+    rows = list(rows)
+    rng.shuffle(rows)
+    out, i = [], 0
+    while i < len(rows):
+        size = 1 if rng.random() < 0.5 else rng.randint(2, 4)
+        group = rows[i : i + size]
+        i += size
+        out.append(join_sentences([r.text for r in group], [int(r.is_ask) for r in group], "parakweet"))
+    return out
+
+
+def multidogo_messages(
+    conversations: Sequence[list[corpora.DialogueSentence]], rng: random.Random, limit: int
+) -> list[TrainingMessage]:
+    """Chat-style messages: the customer's sentences from the first 1-3 turns of a conversation."""
+    pool = list(conversations)
+    rng.shuffle(pool)
+    out = []
+    for conversation in pool[:limit]:
+        turns = sorted({s.turn for s in conversation})
+        keep = set(turns[: rng.randint(1, 3)])
+        sentences = [s for s in conversation if s.turn in keep and s.text]
+        if not sentences:
+            continue
+        sep = rng.choice([" ", " ", "\n", ". "])
+        out.append(
+            join_sentences([s.text for s in sentences], [int(s.is_ask) for s in sentences], "multidogo", sep)
+        )
+    return out
+
+
+def background_runs(
+    complaints: Sequence[corpora.Complaint],
+    exclude_ids: set[str],
+    normaliser: Normaliser,
+    segmenter: Segmenter,
+) -> list[list[str]]:
+    """Per complaint, its normalised sentences that do not look like requests."""
+    kept = [c for c in complaints if c.complaint_id not in exclude_ids]
+    bodies = [normaliser.normalise(c.text).body.text for c in kept]
+    runs = []
+    for _body, sentences in zip(bodies, segmenter.segment_many(bodies), strict=True):
+        run = [s.text for s in sentences if not _REQUEST_LIKE.search(s.text) and len(s.text) > 15]
+        if len(run) >= 2:
+            runs.append(run)
+    return runs
+
+
+def buried_messages(
+    runs: Sequence[list[str]],
+    asks: Sequence[tuple[str, str | None]],
+    rng: random.Random,
+    n: int,
+    source: str = "buried",
+) -> list[TrainingMessage]:
+    """Real asks (text, intent or None) among real background sentences: start, middle, end; 0-2 asks."""
+    out = []
+    for _ in range(n):
+        run = rng.choice(runs)
+        length = rng.randint(2, min(len(run), 14))
+        start = rng.randint(0, len(run) - length)
+        sentences = list(run[start : start + length])
+        labels: list[int] = [0] * len(sentences)
+        intents: list[str | None] = [None] * len(sentences)
+        n_asks = rng.choices([0, 1, 2], weights=[0.12, 0.68, 0.20])[0]
+        positions = []
+        for _ in range(n_asks):
+            where = rng.choice(["start", "middle", "end"])
+            index = {"start": 0, "middle": len(sentences) // 2, "end": len(sentences)}[where]
+            ask, intent = rng.choice(asks)
+            if ask and ask[-1] not in ".?!":
+                ask += rng.choice(["?", ".", ""])
+            sentences.insert(index, ask)
+            labels.insert(index, 1)
+            intents.insert(index, intent)
+            positions.append(where)
+        if rng.random() < 0.25:
+            sentences.append(
+                rng.choice(["Thank you.", "Thanks for your help.", "Thank you for your time.", "Regards."])
+            )
+            labels.append(0)
+            intents.append(None)
+        message = join_sentences(sentences, labels, source, rng.choice([" ", " ", "\n"]), intents)
+        message.ask_positions = positions
+        out.append(message)
+    return out
+
+
+def team_written_messages(path: Path = TEAM_WRITTEN) -> list[TrainingMessage]:
+    """The team's hand-written hard cases: ``{"sentences": [...], "asks": [0/1, ...]}`` per line."""
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            out.append(join_sentences(row["sentences"], row["asks"], "team_written"))
+    return out
+
+
+def gold_row_ids(dataset: str) -> set[str]:
+    """Row ids of a data set used by the hand-labelled sets: never used as training background."""
+    ids: set[str] = set()
+    for path in sorted(GOLD_DIR.glob("*.jsonl")) if GOLD_DIR.is_dir() else []:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                row = json.loads(line)
+                if row.get("dataset") == dataset:
+                    ids.add(str(row["row_id"]))
+    return ids
+
+
+def split_of(text: str, dev_percent: int = 10, test_percent: int = 10) -> str:
+    """Deterministic train/dev/test assignment by a hash of the text.
+
+    Splitting by text (not by row) keeps duplicate narratives filed against several companies
+    on one side, and needs no stored split file: the same text always lands in the same split.
+    """
+    bucket = int(hashlib.sha256(" ".join(text.split()).lower().encode()).hexdigest()[:8], 16) % 100
+    if bucket < test_percent:
+        return "test"
+    if bucket < test_percent + dev_percent:
+        return "dev"
+    return "train"
+
+
+@dataclass
+class TrainingData:
+    """Train and dev messages for every head, the label sets, and the data files used."""
+
+    train: list[TrainingMessage]
+    dev: dict[str, list[TrainingMessage]]
+    files: dict[str, int]  # data-dir-relative path -> rows read
+    intent_labels: list[str]
+    product_labels: list[str]
+
+
+def product_messages(
+    complaints: Sequence[corpora.Complaint],
+    normaliser: Normaliser,
+    segmenter: Segmenter,
+    split: str,
+    max_chars: int | None = None,
+) -> list[TrainingMessage]:
+    """CFPB narratives of one split, normalised, segmented, labelled with their product.
+
+    ``max_chars`` (training only) keeps the sentences that start before it: the product is
+    almost always clear early, and long narratives would otherwise dominate training time.
+    Dev narratives are read whole, as at inference.
+    """
+    seen: set[str] = set()
+    chosen = []
+    for c in complaints:
+        key = " ".join(c.text.split()).lower()
+        if c.product is None or key in seen or split_of(c.text) != split:
+            continue
+        seen.add(key)
+        chosen.append(c)
+    bodies = [normaliser.normalise(c.text).body.text for c in chosen]
+    out = []
+    for complaint, body, sentences in zip(chosen, bodies, segmenter.segment_many(bodies), strict=True):
+        if not sentences:
+            continue
+        spans = [(s.start, s.end) for s in sentences]
+        out.append(
+            TrainingMessage(body, spans, [IGNORE] * len(spans), f"cfpb_{split}", product=complaint.product)
+        )
+    return out
+
+
+def build_training_data(
+    data_dir: Path | str | None,
+    rng: random.Random,
+    *,
+    parakweet_limit: int | None,
+    multidogo_conversations: int,
+    buried: int,
+    buried_dev: int,
+    dev_fraction: float,
+    intent: bool,
+    intent_limit: int | None,
+    product: bool,
+    product_limit: int | None,
+    product_max_chars: int | None,
+    normaliser_config: NormaliserConfig,
+    segmenter_config: SegmenterConfig,
+) -> TrainingData:
+    """Assemble training messages; dev sets are carved from training files only."""
+    files: dict[str, int] = {}
+    parakweet = corpora.read_parakweet(corpora.PARAKWEET_TRAIN, data_dir)
+    rng.shuffle(parakweet)
+    if parakweet_limit is not None:
+        parakweet = parakweet[:parakweet_limit]
+    n_dev = max(1, int(len(parakweet) * dev_fraction))
+    parakweet_dev, parakweet_train = parakweet[:n_dev], parakweet[n_dev:]
+    files[corpora.PARAKWEET_TRAIN] = len(parakweet)
+
+    conversations = []
+    for domain in corpora.MULTIDOGO_DOMAINS:
+        rows = corpora.read_multidogo(domain, "train", data_dir)
+        conversations.extend(corpora.iter_conversations(rows))
+        files[f"multidogo/sentence_level/{domain}/train.tsv"] = len(rows)
+    multidogo = multidogo_messages(conversations, rng, multidogo_conversations)
+    multidogo_asks: list[tuple[str, str | None]] = [
+        (s.text, None) for c in conversations for s in c if s.is_ask and len(s.text.split()) >= 4
+    ]
+
+    banking = corpora.read_banking77(corpora.BANKING77_TRAIN, data_dir)
+    files[corpora.BANKING77_TRAIN] = len(banking)
+    rng.shuffle(banking)
+    n_bank_dev = max(1, int(len(banking) * dev_fraction))
+    bank_dev, bank_train = banking[:n_bank_dev], banking[n_bank_dev:]
+    if intent_limit is not None:
+        bank_train = bank_train[:intent_limit]
+    intent_labels = corpora.banking77_labels(data_dir) if intent else []
+    label_intent = (lambda e: e.label) if intent else (lambda e: None)
+
+    complaints = corpora.read_cfpb(data_dir)
+    files[corpora.CFPB_NARRATIVES] = len(complaints)
+    excluded = gold_row_ids("cfpb_complaints")
+    complaints = [c for c in complaints if c.complaint_id not in excluded]
+    normaliser, segmenter = Normaliser(normaliser_config), Segmenter(segmenter_config)
+    train_complaints = [c for c in complaints if split_of(c.text) == "train"]
+    runs = background_runs(train_complaints, set(), normaliser, segmenter)
+    rng.shuffle(runs)
+    n_run_dev = max(1, int(len(runs) * dev_fraction))
+    runs_dev, runs_train = runs[:n_run_dev], runs[n_run_dev:]
+
+    train = parakweet_messages(parakweet_train, rng) + multidogo
+    bank_asks = [(e.text, label_intent(e)) for e in bank_train]
+    train += buried_messages(runs_train, bank_asks + multidogo_asks, rng, buried)
+    team = team_written_messages() if TEAM_WRITTEN.is_file() else []
+    train += team * 3  # few but important: seen three times per epoch
+    dev: dict[str, list[TrainingMessage]] = {
+        "parakweet_dev": [join_sentences([r.text], [int(r.is_ask)], "parakweet") for r in parakweet_dev],
+        "buried_dev": buried_messages(
+            runs_dev, [(e.text, label_intent(e)) for e in bank_dev], rng, buried_dev, "buried_dev"
+        ),
+    }
+    if intent:
+        train += [join_sentences([e.text], [1], "banking77", intents=[e.label]) for e in bank_train]
+        dev["banking77_dev"] = [
+            join_sentences([e.text], [1], "banking77", intents=[e.label]) for e in bank_dev
+        ]
+    product_labels: list[str] = []
+    if product:
+        product_train = product_messages(complaints, normaliser, segmenter, "train", product_max_chars)
+        if product_limit is not None:
+            product_train = product_train[:product_limit]
+        train += product_train
+        dev["cfpb_dev"] = product_messages(complaints, normaliser, segmenter, "dev")
+        product_labels = list(corpora.PRODUCT_LABELS)
+    rng.shuffle(train)
+    return TrainingData(train, dev, files, intent_labels, product_labels)

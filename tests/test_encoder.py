@@ -1,0 +1,97 @@
+"""Windows, pooling and heads of the encoder stage, on a tiny random encoder."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from transformers import BertConfig
+
+from pipeline.basemodel import base_model_dir
+from pipeline.config import EncoderConfig
+from pipeline.encoder import HeadSpec, HearkenNet, TextEncoder, load_tokenizer, plan_windows
+
+HEADS = [
+    HeadSpec(name="ask", level="sentence", kind="binary", labels=["not_ask", "ask"]),
+    HeadSpec(name="intent", level="sentence", kind="multiclass", labels=["a", "b", "c"]),
+    HeadSpec(name="product", level="message", kind="multiclass", labels=["x", "y"]),
+]
+
+
+def tiny_encoder(batch_size: int = 8, window: int = 64, overlap: int = 8) -> TextEncoder:
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    )
+    net = HearkenNet(config, HEADS)
+    return TextEncoder(
+        net,
+        load_tokenizer(base_model_dir() / "tokenizer.json"),
+        EncoderConfig(
+            max_window_tokens=window, window_overlap_tokens=overlap, batch_size=batch_size, precision="fp32"
+        ),
+    )
+
+
+def test_short_message_is_one_window_with_every_sentence():
+    windows = plan_windows(0, 30, [(0, 10), (10, 20), (20, 30)], max_window_tokens=64, overlap=8)
+    assert len(windows) == 1
+    assert [p.sentence for p in windows[0].pieces] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("n_sentences", [5, 40, 200])
+def test_long_message_owns_every_piece_once_with_context(n_sentences: int):
+    ranges = [(i * 17, i * 17 + 17) for i in range(n_sentences)]
+    n_tokens = ranges[-1][1]
+    windows = plan_windows(0, n_tokens, ranges, max_window_tokens=64, overlap=8)
+    owned = [p.sentence for w in windows for p in w.pieces]
+    assert owned == list(range(n_sentences))
+    for window in windows:
+        assert window.token_end - window.token_start <= 62
+        for piece in window.pieces:
+            assert window.token_start <= piece.token_start < piece.token_end <= window.token_end
+            if piece.token_start >= 8:  # context before, where the message has it
+                assert piece.token_start - window.token_start >= 8 or window.token_start == 0
+            if n_tokens - piece.token_end >= 8:
+                assert window.token_end - piece.token_end >= 8
+
+
+def test_oversized_sentence_is_split_into_pieces_not_truncated():
+    windows = plan_windows(0, 500, [(0, 500)], max_window_tokens=64, overlap=8)
+    pieces = [p for w in windows for p in w.pieces]
+    assert pieces[0].token_start == 0 and pieces[-1].token_end == 500
+    assert all(a.token_end == b.token_start for a, b in itertools.pairwise(pieces))
+    assert all(p.sentence == 0 for p in pieces)
+
+
+def test_every_sentence_of_a_long_message_is_scored_and_message_head_is_batch_independent():
+    sentence = "My card was charged twice at the grocery store and I want a refund now. "
+    text = sentence * 120  # far past one window
+    spans = [(i * len(sentence), (i + 1) * len(sentence) - 1) for i in range(120)]
+    small = tiny_encoder(batch_size=1).encode([text, "Short one."], [spans, [(0, 10)]])
+    large = tiny_encoder(batch_size=64).encode([text, "Short one."], [spans, [(0, 10)]])
+    assert small[0].sentence_scored.all()
+    assert small[0].sentence_probs["ask"].shape == (120,)
+    assert small[0].sentence_probs["intent"].shape == (120, 3)
+    np.testing.assert_allclose(small[0].sentence_probs["intent"].sum(1), 1.0, rtol=1e-5)
+    # the message head pools every token once, however the windows were batched
+    np.testing.assert_allclose(
+        small[0].message_probs["product"], large[0].message_probs["product"], rtol=1e-4
+    )
+    np.testing.assert_allclose(
+        small[1].message_probs["product"], large[1].message_probs["product"], rtol=1e-4
+    )
+
+
+def test_tokeniser_is_not_cut_at_128_tokens():
+    encoder = tiny_encoder()
+    tokens = encoder.tokenise(["word " * 1000])
+    assert len(tokens[0].ids) == 1000
+
+
+def test_message_without_tokens_gets_no_scores():
+    out = tiny_encoder().encode(["\u200b"], [[(0, 1)]])
+    assert not out[0].sentence_scored.any()
+    assert out[0].sentence_probs["ask"][0] == 0.0

@@ -1,0 +1,99 @@
+"""The pipeline object on the tiny random model: plumbing, spans and bad input (not accuracy)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.contract import assert_model_contract, check_result
+from pipeline.errors import InputError
+from pipeline.schema import Message, TriageResult
+
+
+def test_tiny_model_passes_the_model_contract(tiny_pipeline):
+    assert_model_contract(tiny_pipeline)
+
+
+def test_spans_index_the_original_text_after_normalisation(tiny_pipeline):
+    text = (
+        "<p>Dear team,</p><p>On XX/XX/2023 I paid {$120.00} &amp; nothing arrived.</p>"
+        "<p>Can you  refund   me?</p><p>Regards,<br>Ann</p>"
+    )
+    message = Message(id="x", text=text)
+    result = tiny_pipeline.route(message)
+    check_result(message, result)
+    # with the threshold at zero every sentence is reported, so every sentence span is checked
+    zero = tiny_pipeline.config.model_copy(deep=True)
+    zero.asks.threshold = 0.0
+    zero.asks.max_asks = 50
+    from pipeline.triage import Pipeline
+
+    probe = Pipeline(zero, tiny_pipeline.encoder.net, tiny_pipeline.encoder.tokenizer, "probe")
+    result = probe.route(message)
+    texts = [a.text for a in result.asks]
+    assert any("Can you  refund   me?" in t for t in texts)
+    assert any("{$120.00} &amp; nothing arrived." in t for t in texts)
+    assert not any("Ann" in t for t in texts), "the signature is not read as an ask"
+
+
+def test_quoted_history_is_set_aside_and_not_read_as_asks(tiny_pipeline):
+    text = "Thanks, that works.\n\nOn Mon, 2 Jan 2023, Bank <a@b.example> wrote:\n> Can you send your ID?\n"
+    result = tiny_pipeline.route(Message(id="q", text=text))
+    history = [s for s in result.sections if s.kind == "quoted_history"]
+    assert history and text[history[0].start : history[0].end].lstrip().startswith("On Mon")
+    assert all("send your ID" not in a.text for a in result.asks)
+
+
+def test_twenty_thousand_character_message_is_read_to_the_end(tiny_pipeline):
+    background = "We have banked with you for many years and the branch staff were always helpful. "
+    text = background * 240 + "Please send me the closing statement for account ending 4411."
+    assert len(text) > 19_000
+    zero = tiny_pipeline.config.model_copy(deep=True)
+    zero.asks.threshold = 0.0
+    zero.asks.max_asks = 1000
+    from pipeline.triage import Pipeline
+
+    probe = Pipeline(zero, tiny_pipeline.encoder.net, tiny_pipeline.encoder.tokenizer, "probe")
+    result = probe.route(text)
+    assert any(a.text.startswith("Please send me the closing statement") for a in result.asks)
+    assert result.asks and max(a.end for a in result.asks) == len(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("", "empty"),
+        ("   \n  ", "empty"),
+        ("abc\x00def", "NUL"),
+        ("x" * 200_001, "200,000"),
+    ],
+)
+def test_unreadable_text_is_refused_with_a_reason(tiny_pipeline, text, fragment):
+    with pytest.raises(InputError) as raised:
+        tiny_pipeline.route(text)
+    assert fragment.lower() in str(raised.value).lower()
+    assert "Fix:" in str(raised.value)
+
+
+def test_batch_keeps_order_and_puts_errors_in_place(tiny_pipeline):
+    messages = [
+        Message(id="a", text="Where is my card?"),
+        Message(id="b", text=""),
+        Message(id="c", text="Hi."),
+    ]
+    outcomes = tiny_pipeline.route_batch(messages)
+    assert isinstance(outcomes[0], TriageResult) and outcomes[0].id == "a"
+    assert isinstance(outcomes[1], InputError)
+    assert isinstance(outcomes[2], TriageResult) and outcomes[2].id == "c"
+
+
+def test_message_that_is_only_quoted_history_still_gets_a_result(tiny_pipeline):
+    text = "> Can you confirm the payment?\n> Thanks"
+    result = tiny_pipeline.route(text)
+    check_result(Message(id=result.id, text=text), result)
+
+
+def test_fields_not_yet_decided_are_null_with_reasons(tiny_pipeline):
+    result = tiny_pipeline.route("Can I change my PIN online?")
+    assert result.product.label is None and result.product.reason
+    assert result.intent.label is None and result.intent.reason
+    assert result.route.tier is None and result.route.needs_human_review and result.route.reasons
