@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -50,12 +50,20 @@ from pipeline.backlog_io import (
 )
 from pipeline.backlog_report import ReportContext, RouteTally, write_report
 from pipeline.errors import DataError, HearkenError
-from pipeline.schema import TriageResult
+from pipeline.schema import Message, TriageResult
 
 log = logging.getLogger(__name__)
 
 Engine = Literal["local", "ray"]
 CHECKPOINT_FORMAT = 1
+
+
+class BatchRouter(Protocol):
+    """What re-triage needs of a ``Pipeline`` (tests wrap one to simulate crashes)."""
+
+    model_version: str
+
+    def route_batch(self, messages: Sequence[Message]) -> list[TriageResult | HearkenError]: ...
 
 
 class RetriageOptions(BaseModel):
@@ -171,7 +179,7 @@ class RetriageSummary:
 # ================================================================================= routing
 
 
-def route_rows(pipeline: object, rows: Sequence[Row]) -> list[RoutedRow]:
+def route_rows(pipeline: BatchRouter, rows: Sequence[Row]) -> list[RoutedRow]:
     """Route a batch with ``Pipeline.route_batch``; every row comes back, routed or with its reject reason.
 
     Shared by every engine (threads here, Ray actors in ``backlog_ray``): there is one inference path.
@@ -181,13 +189,13 @@ def route_rows(pipeline: object, rows: Sequence[Row]) -> list[RoutedRow]:
     good = [row for row in rows if row.message is not None]
     messages = [row.message for row in good if row.message is not None]
     try:
-        outcomes: list[TriageResult | HearkenError | Exception] = list(pipeline.route_batch(messages))  # type: ignore[attr-defined]
+        outcomes: list[TriageResult | HearkenError | Exception] = list(pipeline.route_batch(messages))
     except Exception:
         log.exception("route_batch failed on a batch of %d; routing its messages one by one", len(messages))
         outcomes = []
         for message in messages:
             try:
-                outcomes.extend(pipeline.route_batch([message]))  # type: ignore[attr-defined]
+                outcomes.extend(pipeline.route_batch([message]))
             except Exception as exc:
                 outcomes.append(exc)
     by_seq = {row.seq: outcome for row, outcome in zip(good, outcomes, strict=True)}
@@ -238,7 +246,7 @@ def batched(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
 
 
 def route_local(
-    pipeline: object, batches: Iterable[list[Row]], workers: int = 1
+    pipeline: BatchRouter, batches: Iterable[list[Row]], workers: int = 1
 ) -> Iterator[list[RoutedRow]]:
     """Route batches in ``workers`` threads; yield results in input order.
 
@@ -389,6 +397,7 @@ class _Sink:
         self.checkpoint.complete = True
         self.checkpoint.seconds = self.seconds_before + time.monotonic() - self.started
         save_checkpoint(self.path, self.checkpoint)
+        self.writer.cleanup()
 
     def close(self) -> None:
         self.writer.close()
@@ -416,15 +425,15 @@ def _progress(options: RetriageOptions, input_format: InputFormat, initial: int)
     )
 
 
-def _model_version(options: RetriageOptions, pipeline: object | None) -> str:
+def _model_version(options: RetriageOptions, pipeline: BatchRouter | None) -> str:
     if pipeline is not None:
-        return str(pipeline.model_version)  # type: ignore[attr-defined]
+        return pipeline.model_version
     from pipeline.artifact import default_model_dir, read_manifest
 
     return read_manifest(options.model or default_model_dir()).model_version
 
 
-def run_retriage(options: RetriageOptions, pipeline: object | None = None) -> RetriageSummary:
+def run_retriage(options: RetriageOptions, pipeline: BatchRouter | None = None) -> RetriageSummary:
     """Re-route a backlog file; write results, rejects, checkpoint and report; return the summary.
 
     ``pipeline`` is the loaded ``Pipeline`` for the local engine (loaded from ``options.model`` when
@@ -498,7 +507,7 @@ def run_retriage(options: RetriageOptions, pipeline: object | None = None) -> Re
 
 
 def _route(
-    options: RetriageOptions, pipeline: object | None, input_format: InputFormat, skip: int
+    options: RetriageOptions, pipeline: BatchRouter | None, input_format: InputFormat, skip: int
 ) -> Iterator[list[RoutedRow]]:
     """Routed batches in input order, from the chosen engine, starting after ``skip`` records."""
     if options.engine == "ray":
@@ -506,6 +515,8 @@ def _route(
 
         yield from route_on_ray(options, input_format, skip)
         return
+    if pipeline is None:
+        raise ValueError("the local engine needs a pipeline")
     rows = read_rows(options.input, input_format, skip=skip)
     with _TorchThreads(options.workers):
         yield from route_local(pipeline, batched(rows, options.batch_size), options.workers)

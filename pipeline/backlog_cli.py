@@ -10,6 +10,7 @@ import typer
 from pipeline.errors import HearkenError
 
 EXIT_REJECTS = 7
+EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C
 
 
 def retriage(
@@ -75,7 +76,7 @@ def retriage(
 
     Exit codes: 0 done; 7 done, but some rows were rejected (see the rejects file);
     2 wrong usage; 4 model folder unusable; 6 input missing or unreadable, or a resume that
-    does not match the checkpoint; 1 a bug.
+    does not match the checkpoint; 130 interrupted (resume it); 1 a bug.
     """
     from pipeline.backlog import RetriageOptions, run_retriage
 
@@ -103,6 +104,11 @@ def retriage(
     except HearkenError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(error.exit_code) from error
+    except KeyboardInterrupt as interrupt:
+        typer.echo(
+            "interrupted; every committed batch is kept. Fix: run the same command with --resume", err=True
+        )
+        raise typer.Exit(EXIT_INTERRUPTED) from interrupt
     typer.echo(summary.describe(), err=True)
     if summary.rejected:
         raise typer.Exit(EXIT_REJECTS)

@@ -384,6 +384,8 @@ class CommittedWriter(Protocol):
 
     def finish(self) -> None: ...
 
+    def cleanup(self) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -457,6 +459,9 @@ class JsonlWriter:
     def finish(self) -> None:
         self.file.commit()
 
+    def cleanup(self) -> None:
+        """Nothing to remove: the output was the file appended to."""
+
     def close(self) -> None:
         self.file.close()
 
@@ -504,6 +509,9 @@ class CsvWriter:
             self.write([])
         self.file.commit()
 
+    def cleanup(self) -> None:
+        """Nothing to remove: the output was the file appended to."""
+
     def close(self) -> None:
         self.file.close()
 
@@ -543,6 +551,9 @@ def result_schema() -> Any:
 class ParquetWriter:
     """Committed batches become part files in ``OUTPUT.parts/``; ``finish`` merges them into OUTPUT.
 
+    The parts are removed by ``cleanup`` only after the checkpoint records the run as complete, so a
+    crash during or just after the merge is resumed by merging again.
+
     A Parquet file is unreadable until its footer is written, so it cannot be appended to across a
     crash; parts written after the last checkpoint are deleted on resume.
     """
@@ -556,6 +567,12 @@ class ParquetWriter:
             shutil.rmtree(self.parts, ignore_errors=True)
             position = 0
         self.parts.mkdir(parents=True, exist_ok=True)
+        missing = [n for n in range(position) if not self._part(n).exists()]
+        if missing:
+            raise DataError(
+                f"{len(missing)} committed part(s) of {path} are missing from {self.parts}.",
+                fix="run again without --resume to start over",
+            )
         for part in self.parts.glob("part-*.parquet"):
             if int(part.stem.removeprefix("part-")) >= position:
                 part.unlink()
@@ -598,6 +615,9 @@ class ParquetWriter:
             os.fsync(handle.fileno())
         temp.replace(self.path)
         fsync_dir(self.path.parent)
+
+    def cleanup(self) -> None:
+        """Remove the parts, once the checkpoint says the merged file is final (not before)."""
         shutil.rmtree(self.parts, ignore_errors=True)
 
     def close(self) -> None:

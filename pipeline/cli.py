@@ -12,6 +12,7 @@ Results go to stdout, logs and progress to stderr. Exit codes are stable and doc
 | 5 | a configuration, policy or catalogue file is invalid |
 | 6 | a data set or data directory is missing or malformed |
 | 7 | a batch finished but some rows were rejected (see the rejects file) |
+| 130 | interrupted (a re-triage continues with `--resume`) |
 """
 
 from __future__ import annotations

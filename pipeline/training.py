@@ -75,6 +75,9 @@ class DataConfig(BaseModel):
     )
 
     parakweet_limit: int | None = Field(default=None, description="Cap on Parakweet training sentences.")
+    background_limit: int | None = Field(default=None, description="Cap on CFPB background narratives.")
+    weak_cfpb: int = Field(default=1000, ge=0, description="CFPB narratives with weak ask labels.")
+    weak_cfpb_max_chars: int = Field(default=1500, ge=200, description="Weakly labelled narratives cut here.")
     multidogo_conversations: int = Field(default=2500, ge=0, description="MultiDoGO conversations used.")
     buried: int = Field(default=3000, ge=0, description="Buried-ask compositions for training.")
     buried_dev: int = Field(default=400, ge=1, description="Buried-ask compositions for dev selection.")
@@ -400,6 +403,9 @@ def train(config: TrainConfig) -> Path:
         data_dir,
         rng,
         parakweet_limit=config.data.parakweet_limit,
+        background_limit=config.data.background_limit,
+        weak_cfpb=config.data.weak_cfpb,
+        weak_cfpb_max_chars=config.data.weak_cfpb_max_chars,
         multidogo_conversations=config.data.multidogo_conversations,
         buried=config.data.buried,
         buried_dev=config.data.buried_dev,

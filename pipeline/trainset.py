@@ -45,6 +45,21 @@ _REQUEST_LIKE = re.compile(
 )
 
 
+# High-precision request forms in complaint narratives: weak positive labels in context. Looser
+# request-like sentences (and all questions, often rhetorical there) are left unlabelled.
+_STRICT_ASK = re.compile(
+    r"^\W*(please|kindly)\b"
+    r"|\bi\s+(am\s+|'m\s+)?(respectfully\s+|formally\s+|hereby\s+|now\s+|also\s+)?"
+    r"(request|requesting|ask|asking|demand|demanding)\s+(that|you|for|to|the|a|an|\w+\s+to)\b"
+    r"|\bi\s+(would|'d)\s+(like|appreciate)\b"
+    r"|\bi\s+(want|need)\s+(you|them|the|this|these|it|my|all|each|every|\w+)\b.{0,80}"
+    r"\b(removed|deleted|corrected|refunded|fixed|returned|closed|investigated|to\s+(remove|delete|correct|"
+    r"refund|fix|return|close|investigate|stop|send|reverse|credit|update|provide|explain))\b"
+    r"|\b(can|could|would|will)\s+you\b",
+    re.IGNORECASE,
+)
+
+
 @dataclass
 class TrainingMessage:
     """A message body (already normalised) with sentence spans and labels.
@@ -84,10 +99,11 @@ def join_sentences(
 
 
 def parakweet_messages(rows: Sequence[corpora.LabelledSentence], rng: random.Random) -> list[TrainingMessage]:
-    """Half the sentences alone (as the benchmark reads them), half in groups of 2-4."""
+    """Every sentence alone (as the benchmark reads it), and again in groups of 1-4."""
     rows = list(rows)
+    out = [join_sentences([r.text], [int(r.is_ask)], "parakweet") for r in rows]
     rng.shuffle(rows)
-    out, i = [], 0
+    i = 0
     while i < len(rows):
         size = 1 if rng.random() < 0.5 else rng.randint(2, 4)
         group = rows[i : i + size]
@@ -195,6 +211,43 @@ def gold_row_ids(dataset: str) -> set[str]:
     return ids
 
 
+def weak_ask_messages(
+    complaints: Sequence[corpora.Complaint],
+    normaliser: Normaliser,
+    segmenter: Segmenter,
+    rng: random.Random,
+    limit: int,
+    max_chars: int,
+) -> list[TrainingMessage]:
+    """Real complaint narratives with weak per-sentence ask labels, read in their own context.
+
+    Without them the model only ever sees complaint-style sentences as background and learns
+    that this *style* means "not an ask"; real complaints ask in their own words ("I am
+    requesting that...", "please remove..."). Strict request forms are positives, looser
+    request-like sentences are ignored by the loss, the rest are negatives.
+    """
+    chosen = list(complaints)
+    rng.shuffle(chosen)
+    chosen = chosen[:limit]
+    bodies = [normaliser.normalise(c.text).body.text for c in chosen]
+    out = []
+    for body, sentences in zip(bodies, segmenter.segment_many(bodies), strict=True):
+        sentences = [s for s in sentences if s.start < max_chars] or sentences[:1]
+        if not sentences:
+            continue
+        labels = []
+        for sentence in sentences:
+            if _STRICT_ASK.search(sentence.text) and "?" not in sentence.text:
+                labels.append(1)
+            elif _REQUEST_LIKE.search(sentence.text):
+                labels.append(IGNORE)
+            else:
+                labels.append(0)
+        text = body[: sentences[-1].end]
+        out.append(TrainingMessage(text, [(s.start, s.end) for s in sentences], labels, "cfpb_weak"))
+    return out
+
+
 def split_of(text: str, dev_percent: int = 10, test_percent: int = 10) -> str:
     """Deterministic train/dev/test assignment by a hash of the text.
 
@@ -258,6 +311,9 @@ def build_training_data(
     rng: random.Random,
     *,
     parakweet_limit: int | None,
+    background_limit: int | None,
+    weak_cfpb: int,
+    weak_cfpb_max_chars: int,
     multidogo_conversations: int,
     buried: int,
     buried_dev: int,
@@ -305,13 +361,17 @@ def build_training_data(
     excluded = gold_row_ids("cfpb_complaints")
     complaints = [c for c in complaints if c.complaint_id not in excluded]
     normaliser, segmenter = Normaliser(normaliser_config), Segmenter(segmenter_config)
-    train_complaints = [c for c in complaints if split_of(c.text) == "train"]
+    train_complaints = [c for c in complaints if split_of(c.text) == "train"][:background_limit]
     runs = background_runs(train_complaints, set(), normaliser, segmenter)
     rng.shuffle(runs)
     n_run_dev = max(1, int(len(runs) * dev_fraction))
     runs_dev, runs_train = runs[:n_run_dev], runs[n_run_dev:]
 
     train = parakweet_messages(parakweet_train, rng) + multidogo
+    if weak_cfpb:
+        train += weak_ask_messages(
+            train_complaints, normaliser, segmenter, rng, weak_cfpb, weak_cfpb_max_chars
+        )
     bank_asks = [(e.text, label_intent(e)) for e in bank_train]
     train += buried_messages(runs_train, bank_asks + multidogo_asks, rng, buried)
     team = team_written_messages() if TEAM_WRITTEN.is_file() else []

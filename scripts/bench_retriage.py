@@ -61,12 +61,16 @@ def child(args: argparse.Namespace) -> dict:
     """Run one engine over the backlog and return its measurements (printed as JSON by ``main``)."""
     from pipeline.backlog import RetriageOptions, run_retriage
     from pipeline.backlog_io import read_rows
+    from pipeline.schema import Message
     from pipeline.triage import Pipeline
+
+    warm_up = Message(id="warm-up", text="Hello. My card was charged twice; can you refund it?")
 
     backlog, out = Path(args.input), Path(args.out)
     started = time.perf_counter()
     if args.child == "naive":
         pipeline = Pipeline.from_folder(args.model)
+        pipeline.route(warm_up)  # lazy loads happen before the clock starts, as for the local engine
         load = time.perf_counter() - started
         count, t0 = 0, time.perf_counter()
         with out.open("w", encoding="utf-8") as handle:
@@ -79,6 +83,7 @@ def child(args: argparse.Namespace) -> dict:
         seconds = time.perf_counter() - t0
     elif args.child == "local":
         pipeline = Pipeline.from_folder(args.model)
+        pipeline.route(warm_up)
         load = time.perf_counter() - started
         t0 = time.perf_counter()
         options = RetriageOptions(

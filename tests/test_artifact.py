@@ -48,7 +48,7 @@ def test_missing_folder_names_the_fix(tmp_path: Path):
 
 def test_missing_manifest(model_copy: Path):
     (model_copy / MANIFEST).unlink()
-    with pytest.raises(ModelLoadError, match="manifest.json is missing"):
+    with pytest.raises(ModelLoadError, match=r"manifest\.json is missing"):
         load_model(model_copy)
 
 

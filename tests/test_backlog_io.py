@@ -189,6 +189,8 @@ def test_parquet_writer_parts_resume_and_merge(tmp_path: Path) -> None:
     resumed.write([_routed(2), _routed(3)])
     resumed.commit()
     resumed.finish()
+    assert path.with_name(path.name + ".parts").exists()  # kept until the checkpoint says complete
+    resumed.cleanup()
     table = pq.read_table(path)
     assert table.schema.equals(result_schema())
     assert table.column("id").to_pylist() == ["r0", "r1", "r2", "r3"]

@@ -198,3 +198,12 @@ def test_a_batch_failure_rejects_only_the_culprit(tiny_pipeline) -> None:
     routed = route_rows(Fragile(), rows)
     assert [r.result_json is not None for r in routed] == [True, False, True]
     assert "a bug, please report it" in routed[1].reject and routed[1].id == "x1"
+
+
+def test_binary_and_empty_text_are_rejected_with_the_pipeline_reason(tiny_pipeline) -> None:
+    texts = ["\x00\x01\x02\x03\x04 binary \x05\x06\x07\x08", "  \n ", "A real question?"]
+    rows = [Row(i, i + 1, Message(id=f"b{i}", text=t), raw_id=f"b{i}") for i, t in enumerate(texts)]
+    routed = route_rows(tiny_pipeline, rows)
+    assert routed[0].result_json is None and "Fix:" in routed[0].reject
+    assert routed[1].result_json is None and "empty" in routed[1].reject
+    assert routed[2].result_json is not None and routed[2].reject is None

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.exc import OperationalError
 
-from pipeline.errors import HearkenError
+from pipeline.errors import ConfigError, HearkenError
 from pipeline.schema import Message, TriageResult
 from pipeline.service.app import create_app
 from pipeline.service.auth import API_KEYS_ENV
@@ -48,7 +48,9 @@ def _decision_log(client: TestClient):  # type: ignore[no-untyped-def]
 
 # ----------------------------------------------------------------------------- POST /v1/route
 def test_route_returns_the_v1_result_and_logs_the_decision(client: TestClient, tiny_pipeline) -> None:
-    response = client.post("/v1/route", json={"id": "ticket-1", "text": TEXT, "subject": "Double charge"}, headers=AUTH)
+    response = client.post(
+        "/v1/route", json={"id": "ticket-1", "text": TEXT, "subject": "Double charge"}, headers=AUTH
+    )
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "application/json"
     result = TriageResult.model_validate(response.json())
@@ -87,7 +89,9 @@ def test_unreadable_message_is_422_with_the_pipeline_fix(client: TestClient) -> 
 def test_too_long_message_is_422_naming_the_limit(tmp_path: Path, tiny_pipeline, keyed_env: None) -> None:
     with TestClient(create_app(_settings(tmp_path, max_message_chars=100), tiny_pipeline)) as client:
         response = client.post("/v1/route", json={"text": "x" * 101}, headers=AUTH)
-        assert client.post("/v1/route", json={"text": "Refund me please " * 5}, headers=AUTH).status_code == 200
+        assert (
+            client.post("/v1/route", json={"text": "Refund me please " * 5}, headers=AUTH).status_code == 200
+        )
     assert response.status_code == 422
     error = response.json()["error"]
     assert error["code"] == "message_too_long"
@@ -115,7 +119,9 @@ def test_invalid_bodies_are_422_with_details(client: TestClient, body: dict[str,
 def test_lone_surrogates_are_422_not_a_crash(client: TestClient) -> None:
     """JSON may escape a lone surrogate; no tokenizer or database can take it."""
     response = client.post(
-        "/v1/route", content=b'{"text": "bad \\ud800 text"}', headers={**AUTH, "Content-Type": "application/json"}
+        "/v1/route",
+        content=b'{"text": "bad \\ud800 text"}',
+        headers={**AUTH, "Content-Type": "application/json"},
     )
     assert response.status_code == 422
     assert "surrogate" in response.json()["error"]["message"]
@@ -128,14 +134,26 @@ def test_malformed_json_is_422(client: TestClient) -> None:
     assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_request"
 
 
-def test_request_over_the_byte_limit_is_413_before_parsing(tmp_path: Path, tiny_pipeline, keyed_env: None) -> None:
+def test_body_that_is_not_utf8_is_422(client: TestClient) -> None:
+    response = client.post(
+        "/v1/route", content=b'{"text": "\xff\xfe"}', headers={**AUTH, "Content-Type": "application/json"}
+    )
+    assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_request"
+
+
+def test_request_over_the_byte_limit_is_413_before_parsing(
+    tmp_path: Path, tiny_pipeline, keyed_env: None
+) -> None:
     with TestClient(create_app(_settings(tmp_path, max_request_bytes=2048), tiny_pipeline)) as client:
         declared = client.post("/v1/route", json={"text": "a" * 3000}, headers=AUTH)
         # No Content-Length (chunked upload): counted while it arrives. Invalid JSON proves nothing parsed it.
         chunked = client.post("/v1/route", content=iter([b"{" * 1500, b"x" * 1500]), headers=AUTH)
         small = client.post("/v1/route", json={"text": "Refund the double charge please."}, headers=AUTH)
     assert declared.status_code == 413 and chunked.status_code == 413
-    assert declared.json()["error"]["code"] == "request_too_large" and "2,048 bytes" in declared.json()["error"]["message"]
+    assert (
+        declared.json()["error"]["code"] == "request_too_large"
+        and "2,048 bytes" in declared.json()["error"]["message"]
+    )
     assert small.status_code == 200
 
 
@@ -167,7 +185,10 @@ def test_batch_over_the_item_limit_is_422(tmp_path: Path, tiny_pipeline, keyed_e
     with TestClient(create_app(_settings(tmp_path, max_batch_items=3), tiny_pipeline)) as client:
         response = client.post("/v1/route/batch", json={"messages": [{"text": "hi"}] * 4}, headers=AUTH)
     assert response.status_code == 422
-    assert response.json()["error"]["code"] == "batch_too_large" and "limit of 3" in response.json()["error"]["message"]
+    assert (
+        response.json()["error"]["code"] == "batch_too_large"
+        and "limit of 3" in response.json()["error"]["message"]
+    )
 
 
 def test_empty_batch_is_422(client: TestClient) -> None:
@@ -234,10 +255,16 @@ def test_health_and_readiness_are_open(client: TestClient, tiny_pipeline) -> Non
 
 
 def test_not_ready_before_start_up(tmp_path: Path, tiny_pipeline, keyed_env: None) -> None:
-    client = TestClient(create_app(_settings(tmp_path, retry_after_s=7), tiny_pipeline))  # lifespan not started
+    client = TestClient(
+        create_app(_settings(tmp_path, retry_after_s=7), tiny_pipeline)
+    )  # lifespan not started
     ready = client.get("/readyz")
     routed = client.post("/v1/route", json={"text": "hi"}, headers=AUTH)
-    assert ready.status_code == 503 and ready.json()["status"] == "not_ready" and ready.headers["Retry-After"] == "7"
+    assert (
+        ready.status_code == 503
+        and ready.json()["status"] == "not_ready"
+        and ready.headers["Retry-After"] == "7"
+    )
     assert routed.status_code == 503 and routed.json()["error"]["code"] == "not_ready"
     assert routed.headers["Retry-After"] == "7"
     assert client.get("/healthz").status_code == 200
@@ -249,6 +276,16 @@ def test_lifespan_loads_the_model_folder_when_no_pipeline_is_given(
     with TestClient(create_app(_settings(tmp_path, model_dir=tiny_model_dir))) as client:
         assert client.get("/readyz").json()["model_version"] == tiny_pipeline.model_version
         assert client.post("/v1/route", json={"text": TEXT}, headers=AUTH).status_code == 200
+
+
+def test_an_unusable_decision_log_stops_start_up_with_the_fix(
+    tmp_path: Path, tiny_pipeline, keyed_env: None
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    app = create_app(_settings(tmp_path, database_url=f"sqlite:///{blocker}/decisions.db"), tiny_pipeline)
+    with pytest.raises(ConfigError, match="database-url"), TestClient(app):
+        pass
 
 
 def test_metrics_count_requests_messages_batches_and_tiers(client: TestClient) -> None:
@@ -264,9 +301,13 @@ def test_metrics_count_requests_messages_batches_and_tiers(client: TestClient) -
     assert 'hearken_http_request_duration_seconds_count{endpoint="/v1/route",status="200"} 1.0' in metrics
     assert 'hearken_messages_routed_total{outcome="ok"} 2.0' in metrics
     assert 'hearken_messages_routed_total{outcome="error"} 1.0' in metrics
-    assert "hearken_request_batch_size_count 1.0" in metrics and "hearken_request_batch_size_sum 2.0" in metrics
+    assert (
+        "hearken_request_batch_size_count 1.0" in metrics and "hearken_request_batch_size_sum 2.0" in metrics
+    )
     assert "hearken_pipeline_batch_size_count" in metrics
-    assert 'hearken_routed_tier_total{tier="unset"} 2.0' in metrics  # the tiny model has no routing policy yet
+    assert (
+        'hearken_routed_tier_total{tier="unset"} 2.0' in metrics
+    )  # the tiny model has no routing policy yet
     assert "hearken_model_info{" in metrics
 
 
@@ -286,9 +327,13 @@ def test_openapi_document_is_typed_with_examples_and_security(client: TestClient
     route = paths["/v1/route"]["post"]
     assert route["security"] == [{"ApiKey": []}]
     assert document["components"]["securitySchemes"]["ApiKey"]["scheme"] == "bearer"
-    assert route["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/TriageResult")
+    assert route["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/TriageResult"
+    )
     for status in ("401", "403", "413", "422", "503", "504"):
-        assert route["responses"][status]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
+        assert route["responses"][status]["content"]["application/json"]["schema"]["$ref"].endswith(
+            "/ErrorResponse"
+        )
     assert "404" in paths["/v1/feedback"]["post"]["responses"]
     schemas = document["components"]["schemas"]
     assert schemas["MessageIn"]["examples"] and schemas["FeedbackIn"]["examples"]

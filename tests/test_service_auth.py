@@ -33,7 +33,9 @@ def _settings(tmp_path: Path, **overrides: Any) -> ServiceSettings:
 
 
 @pytest.fixture
-def client(tmp_path: Path, key_file: Path, tiny_pipeline, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+def client(
+    tmp_path: Path, key_file: Path, tiny_pipeline, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[TestClient]:
     monkeypatch.setenv(API_KEYS_ENV, ENV_KEY)
     with TestClient(create_app(_settings(tmp_path, api_keys_file=key_file), tiny_pipeline)) as test_client:
         yield test_client
@@ -86,7 +88,9 @@ def test_bad_env_entry_is_a_config_error() -> None:
         read_key_env(f"{ENV_KEY},tiny")
 
 
-def test_no_keys_without_the_opt_in_is_refused(tmp_path: Path, tiny_pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_keys_without_the_opt_in_is_refused(
+    tmp_path: Path, tiny_pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv(API_KEYS_ENV, raising=False)
     with pytest.raises(ConfigError, match="No API keys") as caught:
         create_app(_settings(tmp_path), tiny_pipeline)
@@ -112,7 +116,10 @@ def test_insecure_mode_warns_loudly_and_serves_without_keys(
 # ----------------------------------------------------------------------------- requests
 @pytest.mark.parametrize("key", [FILE_KEY, HASHED_KEY, ENV_KEY])
 def test_every_configured_key_is_accepted(client: TestClient, key: str) -> None:
-    assert client.post("/v1/route", json={"text": TEXT}, headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    assert (
+        client.post("/v1/route", json={"text": TEXT}, headers={"Authorization": f"Bearer {key}"}).status_code
+        == 200
+    )
 
 
 def test_scheme_is_case_insensitive(client: TestClient) -> None:
@@ -177,7 +184,9 @@ def test_metrics_can_require_a_key(
 def test_no_key_appears_in_any_log_line(client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.DEBUG):
         client.post("/v1/route", json={"text": TEXT}, headers={"Authorization": f"Bearer {FILE_KEY}"})
-        client.post("/v1/route", json={"text": TEXT}, headers={"Authorization": "Bearer guessed-key-1234567890"})
+        client.post(
+            "/v1/route", json={"text": TEXT}, headers={"Authorization": "Bearer guessed-key-1234567890"}
+        )
         client.post("/v1/route", json={"text": TEXT}, headers={"Authorization": f"Basic {ENV_KEY}"})
         logging.getLogger("pipeline.service").warning("debugging header Authorization: Bearer %s", HASHED_KEY)
     assert caplog.records  # something was logged, so the check below means something

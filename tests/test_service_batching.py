@@ -55,7 +55,9 @@ async def _with_app(app: Any, scenario: Any) -> Any:
     """Run a scenario against the app in this event loop, with its lifespan started and stopped."""
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://hearken.test", headers=AUTH) as client:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://hearken.test", headers=AUTH
+        ) as client:
             return await scenario(client)
 
 
@@ -69,7 +71,10 @@ def test_concurrent_requests_are_routed_in_one_pipeline_call(tmp_path: Path, tin
     app = _app(tmp_path, spy, max_batch=8, max_wait_ms=500.0)
 
     async def scenario(client: httpx.AsyncClient) -> list[httpx.Response]:
-        requests = [client.post("/v1/route", json={"id": f"c-{i}", "text": f"Refund order {i} please."}) for i in range(8)]
+        requests = [
+            client.post("/v1/route", json={"id": f"c-{i}", "text": f"Refund order {i} please."})
+            for i in range(8)
+        ]
         return await asyncio.gather(*requests)
 
     started = time.perf_counter()
@@ -103,7 +108,10 @@ def test_metrics_show_the_micro_batch_sizes(tmp_path: Path, tiny_pipeline) -> No
         return (await client.get("/metrics")).text
 
     metrics = asyncio.run(_with_app(app, scenario))
-    assert "hearken_pipeline_batch_size_count 1.0" in metrics and "hearken_pipeline_batch_size_sum 4.0" in metrics
+    assert (
+        "hearken_pipeline_batch_size_count 1.0" in metrics
+        and "hearken_pipeline_batch_size_sum 4.0" in metrics
+    )
 
 
 def test_inference_does_not_block_the_event_loop(tmp_path: Path, tiny_pipeline) -> None:
@@ -133,7 +141,9 @@ def test_overload_is_503_with_retry_after(tmp_path: Path, tiny_pipeline) -> None
         first = asyncio.create_task(client.post("/v1/route/batch", json={"messages": [{"text": "one?"}] * 2}))
         while not spy.calls:  # first batch is being routed, the queue is empty again
             await asyncio.sleep(0.01)
-        second = asyncio.create_task(client.post("/v1/route/batch", json={"messages": [{"text": "two?"}] * 2}))
+        second = asyncio.create_task(
+            client.post("/v1/route/batch", json={"messages": [{"text": "two?"}] * 2})
+        )
         await asyncio.sleep(0.1)  # second batch is now waiting in the queue (2 of 2)
         third = await client.post("/v1/route", json={"text": "three?"})
         return [await first, await second, third]
@@ -160,7 +170,9 @@ def test_timed_out_requests_are_not_routed() -> None:
     calls: list[list[str]] = []
 
     async def scenario() -> None:
-        batcher = MicroBatcher(_fake_route_batch(calls, delay_s=0.3), max_batch=4, max_wait_ms=0, max_queue=10)
+        batcher = MicroBatcher(
+            _fake_route_batch(calls, delay_s=0.3), max_batch=4, max_wait_ms=0, max_queue=10
+        )
         await batcher.start()
         busy = asyncio.create_task(batcher.submit([Message(id="busy", text="x")]))
         await asyncio.sleep(0.05)
@@ -179,7 +191,9 @@ def test_a_failing_batch_fails_its_requests_and_the_batcher_carries_on() -> None
     calls: list[list[str]] = []
 
     async def scenario() -> None:
-        batcher = MicroBatcher(_fake_route_batch(calls, fail_first=True), max_batch=4, max_wait_ms=50, max_queue=10)
+        batcher = MicroBatcher(
+            _fake_route_batch(calls, fail_first=True), max_batch=4, max_wait_ms=50, max_queue=10
+        )
         await batcher.start()
         results = await asyncio.gather(
             batcher.submit([Message(id="a", text="x")]),

@@ -53,7 +53,9 @@ def test_sqlite_file_is_created_on_first_use_in_wal_mode(tmp_path: Path) -> None
         with log.engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
             assert current_schema_version(conn) == SCHEMA_VERSION
-            versions = conn.exec_driver_sql("SELECT version FROM hearken_schema_version ORDER BY version").all()
+            versions = conn.exec_driver_sql(
+                "SELECT version FROM hearken_schema_version ORDER BY version"
+            ).all()
         assert [v for (v,) in versions] == [m.version for m in decisions_module.MIGRATIONS]
     finally:
         log.close()
@@ -144,8 +146,9 @@ def test_upgrade_from_schema_version_1_keeps_old_rows(tmp_path: Path) -> None:
         assert "intent" not in columns and "needs_human_review" not in columns
         conn.execute(
             text(
-                "INSERT INTO decisions (message_id, routed_at, model_version, text_sha256, tier, queue, product, "
-                "confidence) VALUES ('old-1', :at, 'hearken-v0', :sha, 'tier1', 'general', NULL, 0.5)"
+                "INSERT INTO decisions (message_id, routed_at, model_version, text_sha256, tier, queue, "
+                "product, confidence) "
+                "VALUES ('old-1', :at, 'hearken-v0', :sha, 'tier1', 'general', NULL, 0.5)"
             ),
             {"at": datetime(2024, 1, 2, tzinfo=UTC), "sha": "0" * 64},
         )
@@ -173,12 +176,16 @@ def test_reopening_applies_nothing_twice(tmp_path: Path) -> None:
     log = _open(tmp_path)
     try:
         with log.engine.connect() as conn:
-            assert conn.exec_driver_sql("SELECT count(*) FROM hearken_schema_version").scalar() == SCHEMA_VERSION
+            assert (
+                conn.exec_driver_sql("SELECT count(*) FROM hearken_schema_version").scalar() == SCHEMA_VERSION
+            )
     finally:
         log.close()
 
 
-def test_a_failing_migration_step_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_migration_step_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def broken(conn) -> None:  # type: ignore[no-untyped-def]
         conn.execute(text("CREATE TABLE half_done (x INTEGER)"))
         raise RuntimeError("step failed")
@@ -201,7 +208,10 @@ def test_a_database_from_a_newer_hearken_is_refused(tmp_path: Path) -> None:
     _open_log = DecisionLog(url, masker=Masker(), store_text=False)
     with _open_log.engine.begin() as conn:
         conn.execute(
-            text("INSERT INTO hearken_schema_version (version, description, applied_at) VALUES (99, 'future', :at)"),
+            text(
+                "INSERT INTO hearken_schema_version (version, description, applied_at) "
+                "VALUES (99, 'future', :at)"
+            ),
             {"at": datetime.now(UTC)},
         )
     _open_log.close()

@@ -154,8 +154,13 @@ def test_log_filter_masks_messages_and_redacts_bearer_tokens(caplog: pytest.LogC
         with caplog.at_level(logging.INFO, logger="tests.masking"):
             logger.info("customer %s wrote from %s", "4111 1111 1111 1111", "jo@example.com")
             logger.info("header was Authorization: Bearer s3cr3t-key-value-123")
+            try:
+                raise ValueError("could not read 'call +44 20 7946 0958'")
+            except ValueError:
+                logger.exception("routing failed")
     finally:
         logger.removeFilter(log_filter)
     assert "4111" not in caplog.text and "jo@example.com" not in caplog.text
+    assert "7946" not in caplog.text and "ValueError" in caplog.text
     assert "s3cr3t-key-value-123" not in caplog.text
     assert "[card]" in caplog.text and "[email]" in caplog.text and "Bearer [redacted]" in caplog.text

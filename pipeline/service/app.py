@@ -316,10 +316,6 @@ def create_app(settings: ServiceSettings, pipeline: Pipeline | None = None) -> F
             max_workers=1 if is_sqlite else 4, thread_name_prefix="hearken-decisions"
         )
         loop = asyncio.get_running_loop()
-        decision_log = await loop.run_in_executor(
-            db_executor,
-            lambda: DecisionLog(settings.database_url, masker=masker, store_text=settings.store_text),
-        )
         batcher = MicroBatcher(
             loaded.route_batch,
             max_batch=settings.max_batch,
@@ -327,26 +323,33 @@ def create_app(settings: ServiceSettings, pipeline: Pipeline | None = None) -> F
             max_queue=settings.max_queue,
             metrics=metrics,
         )
-        await batcher.start()
-        runtime = ServiceRuntime(
-            loaded, batcher, decision_log, db_executor, loaded.model_version, loaded.precision
-        )
-        metrics.model_info.labels(runtime.model_version, runtime.precision).set(1)
-        app.state.runtime = runtime
-        log.info(
-            "ready: model %s (%s), decision log schema v%d, micro-batches of up to %d within %.1f ms",
-            runtime.model_version,
-            runtime.precision,
-            decision_log.schema_version,
-            settings.max_batch,
-            settings.max_wait_ms,
-        )
+        decision_log: DecisionLog | None = None
         try:
+            decision_log = await loop.run_in_executor(
+                db_executor,
+                lambda: DecisionLog(settings.database_url, masker=masker, store_text=settings.store_text),
+            )
+            await batcher.start()
+            runtime = ServiceRuntime(
+                loaded, batcher, decision_log, db_executor, loaded.model_version, loaded.precision
+            )
+            metrics.model_info.labels(runtime.model_version, runtime.precision).set(1)
+            app.state.runtime = runtime
+            log.info(
+                "ready: model %s (%s), decision log schema v%d, micro-batches of up to %d within %.1f ms",
+                runtime.model_version,
+                runtime.precision,
+                decision_log.schema_version,
+                settings.max_batch,
+                settings.max_wait_ms,
+            )
             yield
         finally:
-            runtime.ready = False
+            if app.state.runtime is not None:
+                app.state.runtime.ready = False  # new requests get 503 while in-flight ones finish
             await batcher.stop()
-            await runtime.in_db_thread(decision_log.close)
+            if decision_log is not None:
+                await loop.run_in_executor(db_executor, decision_log.close)
             db_executor.shutdown(wait=True)
             app.state.runtime = None
             log.info("stopped")
@@ -363,6 +366,7 @@ def create_app(settings: ServiceSettings, pipeline: Pipeline | None = None) -> F
             'the shape `{"error": {"code", "message", "fix"}}`.'
         ),
         lifespan=lifespan,
+        docs_url=None,  # Swagger UI would load its scripts from a CDN; serve the document, not the viewer
         redoc_url=None,
     )
     app.state.settings = settings

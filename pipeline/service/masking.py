@@ -11,7 +11,8 @@ order and complaint numbers) readable, because stored text is only useful if it 
 * **email**: ``local@domain.tld``;
 * **phone**: an international number (``+`` and 8-15 digits), a North-American number with separators
   (``(555) 123-4567``, ``555.123.4567``), a national number with a leading 0 and separators
-  (``020 7946 0958``), ``00`` and an international number, or 7-15 digits right after a word like *phone*, *call*, *tel* or *mobile*.
+  (``020 7946 0958``), ``00`` and an international number, or 7-15 digits right after a word
+  like *phone*, *call*, *tel* or *mobile*.
 
 Every regular expression is anchored at the start of a run (look-behind) or bounded in length, so
 masking a 30,000-character message stays linear in its length.
@@ -107,31 +108,30 @@ def _find_emails(text: str) -> list[PiiSpan]:
     return [PiiSpan("email", m.start(), m.end()) for m in _EMAIL.finditer(text)]
 
 
-def _group_windows(run: str, offset: int) -> list[tuple[int, int, str]]:
-    """Every window of consecutive digit groups in a run, as (start, end, digits)."""
-    groups = [(m.start(), m.end()) for m in _GROUP.finditer(run)]
-    windows = []
-    for first in range(len(groups)):
-        digits = ""
-        for last in range(first, len(groups)):
-            digits += run[groups[last][0] : groups[last][1]]
-            if len(digits) > 19:
-                break
-            windows.append((offset + groups[first][0], offset + groups[last][1], digits))
-    return windows
-
-
 def _find_cards(text: str) -> list[PiiSpan]:
-    """Luhn-valid 13-19 digit windows of grouped digit runs, longest first within a run."""
+    """Luhn-valid windows of 13-19 digits over consecutive digit groups, greedy left to right.
+
+    A window is a sequence of whole groups (``4111 1111 1111 1111``), so a card followed or preceded by
+    another number in the same run is still found; at each group the longest valid window wins.
+    Linear in the run length: a window never spans more than 19 digits.
+    """
     spans = []
     for run in _DIGIT_RUN.finditer(text):
-        candidates = [w for w in _group_windows(run.group(), run.start()) if 13 <= len(w[2]) <= 19]
-        candidates.sort(key=lambda w: (-(w[1] - w[0]), w[0]))
-        taken: list[tuple[int, int]] = []
-        for start, end, digits in candidates:
-            if luhn_valid(digits) and all(end <= s or start >= e for s, e in taken):
-                taken.append((start, end))
-                spans.append(PiiSpan("card", start, end))
+        groups = [(m.start() + run.start(), m.end() + run.start()) for m in _GROUP.finditer(run.group())]
+        first = 0
+        while first < len(groups):
+            digits, best = "", None
+            for last in range(first, len(groups)):
+                digits += text[groups[last][0] : groups[last][1]]
+                if len(digits) > 19:
+                    break
+                if len(digits) >= 13 and luhn_valid(digits):
+                    best = last
+            if best is None:
+                first += 1
+                continue
+            spans.append(PiiSpan("card", groups[first][0], groups[best][1]))
+            first = best + 1
     return spans
 
 
@@ -227,6 +227,7 @@ class Masker:
         return "".join(pieces)
 
 
+_FORMATTER = logging.Formatter()
 _BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]+")
 
 
@@ -246,8 +247,14 @@ class MaskingLogFilter(logging.Filter):
             message = record.getMessage()
         except (TypeError, ValueError):  # a malformed call; logging reports it, we must not hide it
             return True
-        cleaned = _BEARER.sub(r"\1 [redacted]", self.masker.mask(message))
+        cleaned = self._clean(message)
         if cleaned != message:
             record.msg = cleaned
             record.args = None
+        if record.exc_info and not record.exc_text:
+            # Handlers reuse a pre-formatted exc_text, so a traceback quoting message text is masked too.
+            record.exc_text = self._clean(_FORMATTER.formatException(record.exc_info))
         return True
+
+    def _clean(self, text: str) -> str:
+        return _BEARER.sub(r"\1 [redacted]", self.masker.mask(text))

@@ -86,7 +86,7 @@ class ServiceSettings(BaseModel):
         "came from.",
     )
     max_wait_ms: float = Field(
-        default=5.0,
+        default=2.0,
         ge=0.0,
         le=1000.0,
         description="How long the micro-batcher waits for company after the first message of a batch "

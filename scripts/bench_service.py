@@ -1,0 +1,462 @@
+"""Benchmark the HTTP service on loopback against routing in-process with the same model, in one run.
+
+What a helpdesk sees: latency of ``POST /v1/route`` (p50/p99) at concurrency 1 and 8 for ~250-token
+messages, throughput, no errors, and memory that stays flat over many requests. The in-process
+numbers (``pipeline.route`` one at a time, and ``route_batch`` in micro-batch-sized groups) are the
+floor the service cannot beat; the gap between the two is the price of HTTP, JSON, auth, the
+decision log and micro-batching.
+
+The server is a real ``hearken serve`` subprocess on 127.0.0.1 (random free port) with an API key
+and an SQLite decision log in a temporary folder; the client is httpx in this process, so both share
+the machine's cores (as a co-located helpdesk connector would). Messages are CFPB complaint
+narratives read in place from the data directory and cut to ~250 tokens (realistic synthetic
+messages when the data directory is missing). Every phase is bounded by ``--max-seconds``; the
+server is stopped in all cases.
+
+Goals (issue 5): p50 <= 30 ms at concurrency 1, p99 <= 120 ms at concurrency 8, no errors, memory flat.
+
+    python scripts/bench_service.py                                   # 10,000 requests per level (long)
+    python scripts/bench_service.py --requests 50 --model /tmp/tiny --output /tmp/service.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import platform
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+DEFAULT_OUTPUT = ROOT / "scripts" / "results" / "service.json"
+TARGET_TOKENS = 250
+GOAL_P50_C1_MS = 30.0
+GOAL_P99_C8_MS = 120.0
+FLAT_MEMORY_MB = 25.0  # growth allowed after warm-up (allocator noise), or 5% of the warm RSS
+SYNTHETIC_SENTENCES = [
+    "Hello, I am writing about my credit card account because something went wrong last month.",
+    "On March 3 I made a purchase of $482.16 at an online store and the charge was posted twice.",
+    "I called customer service on March 5 and the representative told me the duplicate would be reversed.",
+    "It has now been three weeks and the second charge is still on my statement, with interest added.",
+    "I have attached the receipt and the statement page that shows both transactions.",
+    "This is the second time this year that a charge has been duplicated, and I am frustrated.",
+    "Earlier this year you also charged me a late fee although my payment was made on time.",
+    "I would like the duplicate charge refunded and the interest on it removed.",
+    "Please also confirm in writing that this will not affect my credit report.",
+    "If this cannot be resolved I will file a complaint with the CFPB and close the account.",
+    "My online banking shows a pending dispute but nobody has contacted me about it.",
+    "Can you tell me when the refund will appear and who I should contact if it does not?",
+]
+
+
+# ===================================================================================== inputs
+def _model_dir(explicit: Path | None) -> Path:
+    from pipeline.artifact import default_model_dir
+
+    folder = explicit or default_model_dir()
+    if not (folder / "manifest.json").is_file():
+        raise SystemExit(
+            f"error: no model folder at {folder}. Fix: pass --model FOLDER (e.g. one built with "
+            "tests/conftest.build_tiny_model) or train the default model with `hearken train`."
+        )
+    return folder
+
+
+def load_texts(model_dir: Path, count: int, data_dir: str | None) -> tuple[list[str], str]:
+    """~250-token messages: CFPB narratives cut at a word boundary, else synthetic ones."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    tokenizer.no_truncation()
+    try:
+        from pipeline.corpora import read_cfpb
+        from pipeline.errors import DataError
+
+        try:
+            narratives = [c.text for c in read_cfpb(data_dir)]
+            source = "CFPB narratives cut to ~250 tokens"
+        except DataError:
+            narratives, source = [], ""
+    except ImportError:
+        narratives, source = [], ""
+    texts = []
+    for text in narratives:
+        encoding = tokenizer.encode(text, add_special_tokens=False)
+        if len(encoding.ids) < TARGET_TOKENS:
+            continue
+        cut = encoding.offsets[TARGET_TOKENS - 1][1]
+        space = text.rfind(" ", 0, cut + 1)
+        texts.append(text[: space if space > cut // 2 else cut].strip())
+        if len(texts) >= count:
+            break
+    if len(texts) < min(count, 20):
+        texts, source = [], "synthetic messages of ~250 tokens (no data directory)"
+        for start in range(count):
+            sentences = itertools.cycle(
+                SYNTHETIC_SENTENCES[start % len(SYNTHETIC_SENTENCES) :] + SYNTHETIC_SENTENCES
+            )
+            text = ""
+            while len(tokenizer.encode(text, add_special_tokens=False).ids) < TARGET_TOKENS:
+                text = f"{text} {next(sentences)}".strip()
+            texts.append(text)
+    return texts, source
+
+
+def _mean_tokens(model_dir: Path, texts: list[str]) -> float:
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    tokenizer.no_truncation()
+    return statistics.fmean(len(tokenizer.encode(t).ids) for t in texts)
+
+
+# ===================================================================================== measuring
+def _percentiles(latencies_s: list[float]) -> dict[str, float | None]:
+    if not latencies_s:
+        return {"p50_ms": None, "p99_ms": None, "mean_ms": None, "max_ms": None}
+    ordered = sorted(latencies_s)
+
+    def pick(q: float) -> float:
+        return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))] * 1000
+
+    return {
+        "p50_ms": round(pick(0.50), 2),
+        "p99_ms": round(pick(0.99), 2),
+        "mean_ms": round(statistics.fmean(ordered) * 1000, 2),
+        "max_ms": round(ordered[-1] * 1000, 2),
+    }
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, from /proc (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def bench_in_process(model_dir: Path, texts: list[str], requests: int, batch: int, deadline: float) -> dict:
+    """The floor: the same pipeline called directly, one message at a time and in groups of ``batch``.
+
+    Run on one dedicated worker thread, as the service runs inference: on a machine whose cores are
+    busy (another job training), torch's intra-op threads called from the *main* thread can be tens of
+    times slower than from a worker thread, which would make the in-process floor meaningless.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.triage import Pipeline
+
+    pipeline = Pipeline.from_folder(model_dir)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-inference") as worker:
+        result = worker.submit(_measure_in_process, pipeline, texts, requests, batch, deadline).result()
+    return {"model_version": pipeline.model_version, "precision": pipeline.precision, **result}
+
+
+def _measure_in_process(pipeline: Any, texts: list[str], requests: int, batch: int, deadline: float) -> dict:
+    from pipeline.schema import Message
+
+    for text in texts[:5]:  # warm-up: lazy loads and the first shapes happen before the clock starts
+        pipeline.route(Message(text=text))
+    pipeline.route_batch([Message(text=text) for text in texts[:batch]])
+    sequential = []
+    for i in range(requests):
+        if time.monotonic() > deadline:
+            break
+        started = time.perf_counter()
+        pipeline.route(Message(id=f"inproc-{i}", text=texts[i % len(texts)]))
+        sequential.append(time.perf_counter() - started)
+    batches, routed = [], 0
+    wall_started = time.perf_counter()
+    while routed < requests and time.monotonic() <= deadline:
+        group = [
+            Message(id=f"inproc-b-{routed + j}", text=texts[(routed + j) % len(texts)]) for j in range(batch)
+        ]
+        started = time.perf_counter()
+        pipeline.route_batch(group)
+        batches.append(time.perf_counter() - started)
+        routed += len(group)
+    batched_wall = time.perf_counter() - wall_started
+    seq_wall = sum(sequential)
+    return {
+        "sequential": {
+            "requests": len(sequential),
+            **_percentiles(sequential),
+            "throughput_msg_s": round(len(sequential) / seq_wall, 1) if seq_wall else None,
+        },
+        f"route_batch_{batch}": {
+            "requests": routed,
+            **_percentiles(batches),
+            "throughput_msg_s": round(routed / batched_wall, 1) if batched_wall else None,
+            "note": "latency is per route_batch call, i.e. what each message of a full micro-batch waits",
+        },
+    }
+
+
+async def load_phase(
+    url: str, key: str, texts: list[str], requests: int, concurrency: int, tag: str, deadline: float, pid: int
+) -> dict:
+    """``requests`` POST /v1/route calls from ``concurrency`` clients in a closed loop."""
+    import httpx
+
+    latencies: list[float] = []
+    statuses: Counter[str] = Counter()
+    counter = itertools.count()
+    samples: list[tuple[int, float]] = []
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30.0, limits=limits) as client:
+
+        async def worker() -> None:
+            while True:
+                index = next(counter)
+                if index >= requests or time.monotonic() > deadline:
+                    return
+                body = {"id": f"bench-{tag}-{index}", "text": texts[index % len(texts)]}
+                started = time.perf_counter()
+                try:
+                    response = await client.post("/v1/route", json=body)
+                    status = str(response.status_code)
+                except httpx.HTTPError as exc:
+                    status = type(exc).__name__
+                latencies.append(time.perf_counter() - started)
+                statuses[status] += 1
+                if len(latencies) % 1000 == 0:
+                    samples.append((len(latencies), round(rss_mb(pid), 1)))
+
+        wall_started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - wall_started
+    done = sum(statuses.values())
+    return {
+        "concurrency": concurrency,
+        "requests": done,
+        "truncated": done < requests,
+        **_percentiles(latencies),
+        "throughput_msg_s": round(done / wall, 1) if wall else None,
+        "errors": done - statuses.get("200", 0),
+        "statuses": dict(statuses),
+        "rss_samples_mb": samples,
+    }
+
+
+# ===================================================================================== the server
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start_server(
+    args: argparse.Namespace, model_dir: Path, workdir: Path, key: str
+) -> tuple[subprocess.Popen, str]:
+    import httpx
+
+    port = _free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "serve",
+        "--model",
+        str(model_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--database-url",
+        f"sqlite:///{workdir}/decisions.db",
+        "--max-batch",
+        str(args.max_batch),
+        "--max-wait-ms",
+        str(args.max_wait_ms),
+        "--no-access-log",
+    ]
+    env = {**os.environ, "HEARKEN_API_KEYS": key}
+    log = (workdir / "server.log").open("wb")
+    process = subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + args.start_timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"server exited with {process.returncode}:\n{(workdir / 'server.log').read_text()}"
+            )
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2.0).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)
+    stop_server(process)
+    raise RuntimeError(
+        f"server not ready within {args.start_timeout} s:\n{(workdir / 'server.log').read_text()}"
+    )
+
+
+def stop_server(process: subprocess.Popen) -> int | None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+    return process.returncode
+
+
+# ===================================================================================== report
+def markdown(report: dict) -> str:
+    rows = [
+        "| path | concurrency | requests | p50 ms | p99 ms | throughput msg/s | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for phase in report["service"]:
+        rows.append(
+            f"| HTTP `POST /v1/route` | {phase['concurrency']} | {phase['requests']} | {phase['p50_ms']} | "
+            f"{phase['p99_ms']} | {phase['throughput_msg_s']} | {phase['errors']} |"
+        )
+    inproc = report["in_process"]
+    seq = inproc["sequential"]
+    rows.append(
+        f"| in-process `pipeline.route` | 1 | {seq['requests']} | {seq['p50_ms']} | {seq['p99_ms']} | "
+        f"{seq['throughput_msg_s']} | 0 |"
+    )
+    key = next(k for k in inproc if k.startswith("route_batch_"))
+    grouped = inproc[key]
+    size = key.rsplit("_", 1)[1]
+    rows.append(
+        f"| in-process `route_batch` ×{size} (per call) | {size} | {grouped['requests']} | "
+        f"{grouped['p50_ms']} | {grouped['p99_ms']} | {grouped['throughput_msg_s']} | 0 |"
+    )
+    memory = report["memory"]
+    goals = report["goals"]
+    lines = [
+        f"Model `{report['model_version']}` ({report['precision']}), {report['texts']['count']} distinct "
+        f"texts, mean {report['texts']['mean_tokens']:.0f} tokens ({report['texts']['source']}); "
+        f"{report['machine']['cpu_count']} CPUs; server and client on the same machine.",
+        "",
+        *rows,
+        "",
+        f"Server RSS: {memory['rss_mb_started']} MB at start, {memory['rss_mb_warm']} MB after warm-up, "
+        f"{memory['rss_mb_after']} MB after {memory['requests_served']} requests "
+        f"({'flat' if goals['memory_flat'] else 'GROWING'}).",
+        "",
+        "Goals: " + ", ".join(f"{name} {'met' if met else 'NOT met'}" for name, met in goals.items()) + ".",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", type=Path, default=None, help="Model folder (default: the committed model)."
+    )
+    parser.add_argument("--requests", type=int, default=10_000, help="Requests per concurrency level.")
+    parser.add_argument(
+        "--concurrency", type=int, nargs="+", default=[1, 8], help="Client concurrency levels."
+    )
+    parser.add_argument(
+        "--in-process-requests", type=int, default=1000, help="Messages for the in-process runs."
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=50, help="Requests before measuring (and before the RSS base)."
+    )
+    parser.add_argument("--texts", type=int, default=300, help="Distinct messages cycled through.")
+    parser.add_argument("--max-batch", type=int, default=16, help="Server micro-batch size.")
+    parser.add_argument("--max-wait-ms", type=float, default=2.0, help="Server micro-batch wait.")
+    parser.add_argument("--data-dir", default=None, help="Shared data sets folder (default: resolved).")
+    parser.add_argument("--start-timeout", type=float, default=300.0, help="Seconds to wait for /readyz.")
+    parser.add_argument("--max-seconds", type=float, default=3600.0, help="Hard cap for the whole run.")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="Results JSON.")
+    args = parser.parse_args()
+
+    deadline = time.monotonic() + args.max_seconds
+    model_dir = _model_dir(args.model)
+    texts, source = load_texts(model_dir, args.texts, args.data_dir)
+    print(f"{len(texts)} texts ({source}); in-process runs ...", file=sys.stderr)
+    in_process = bench_in_process(
+        model_dir, texts, min(args.in_process_requests, args.requests), max(args.concurrency), deadline
+    )
+
+    key = secrets.token_urlsafe(32)
+    service: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="hearken-bench-") as tmp:
+        workdir = Path(tmp)
+        print("starting hearken serve ...", file=sys.stderr)
+        process, url = start_server(args, model_dir, workdir, key)
+        try:
+            rss_started = rss_mb(process.pid)
+            asyncio.run(load_phase(url, key, texts, args.warmup, 1, "warmup", deadline, process.pid))
+            rss_warm = rss_mb(process.pid)
+            for concurrency in args.concurrency:
+                print(f"concurrency {concurrency}: {args.requests} requests ...", file=sys.stderr)
+                phase = asyncio.run(
+                    load_phase(
+                        url, key, texts, args.requests, concurrency, f"c{concurrency}", deadline, process.pid
+                    )
+                )
+                phase["rss_mb_after"] = round(rss_mb(process.pid), 1)
+                service.append(phase)
+            rss_after = rss_mb(process.pid)
+        finally:
+            exit_code = stop_server(process)
+    served = sum(p["requests"] for p in service)
+    growth = rss_after - rss_warm
+    by_level = {p["concurrency"]: p for p in service}
+    goals = {
+        "p50<=30ms@c1": bool(1 in by_level and (by_level[1]["p50_ms"] or 1e9) <= GOAL_P50_C1_MS),
+        "p99<=120ms@c8": bool(8 in by_level and (by_level[8]["p99_ms"] or 1e9) <= GOAL_P99_C8_MS),
+        "no_errors": all(p["errors"] == 0 for p in service),
+        "memory_flat": growth <= max(FLAT_MEMORY_MB, 0.05 * rss_warm),
+    }
+    report: dict[str, Any] = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "model_dir": str(model_dir),
+        "model_version": in_process["model_version"],
+        "precision": in_process["precision"],
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "texts": {
+            "count": len(texts),
+            "mean_tokens": round(_mean_tokens(model_dir, texts), 1),
+            "source": source,
+        },
+        "server": {"max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "exit_code": exit_code},
+        "service": service,
+        "in_process": in_process,
+        "memory": {
+            "rss_mb_started": round(rss_started, 1),
+            "rss_mb_warm": round(rss_warm, 1),
+            "rss_mb_after": round(rss_after, 1),
+            "growth_mb": round(growth, 1),
+            "requests_served": served,
+        },
+        "goals": goals,
+        "truncated_by_max_seconds": any(p["truncated"] for p in service),
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    print(markdown(report))
+    print(f"\nwrote {args.output}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
