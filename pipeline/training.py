@@ -622,7 +622,9 @@ Seed {config.seed}; {training["steps"]} steps over {training["messages"]} traini
 |---|---|---|---|
 {rows}
 
-Also: the team's hand-written hard cases in `data/ask_training/team_written.jsonl`.
+Also: the team's hand-written hard cases in `data/ask_training/team_written.jsonl`, and
+weak ask labels on training-split CFPB narratives (strict request patterns as asks, looser
+request-like sentences ignored, pointers to attachments as non-asks; `pipeline/trainset.py`).
 Non-commercial sets are not used. The hand-labelled evaluation rows (`data/asks/`) are
 excluded from every training background.
 

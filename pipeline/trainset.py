@@ -55,7 +55,19 @@ _STRICT_ASK = re.compile(
     r"|\bi\s+(want|need)\s+(you|them|the|this|these|it|my|all|each|every|\w+)\b.{0,80}"
     r"\b(removed|deleted|corrected|refunded|fixed|returned|closed|investigated|to\s+(remove|delete|correct|"
     r"refund|fix|return|close|investigate|stop|send|reverse|credit|update|provide|explain))\b"
-    r"|\b(can|could|would|will)\s+you\b",
+    r"|\b(can|could|would|will)\s+you\b"
+    # obligations and expectations about the customer's own case (GUIDELINES.md counts them)
+    r"|\b(they|you|it|he|she|this|these|those|the\s+\w+|\w+\s+bank)\s+(need|needs|must|should)\s+(to\s+)?(be\s+)?"
+    r"(remove|delete|refund|correct|fix|cover|return|credit|investigate|validate|verify|stop|reinstate|"
+    r"reverse|update|close|release|pay|honou?r)\w*\b"
+    r"|\bi\s+(expect|trust|insist|invoke|hope)\s+(that\s+)?(you|they|the\s+\w+|\w+\s+will|on|my)\b"
+    r"|\byou\s+have\s+\d+\s+days\s+to\b",
+    re.IGNORECASE,
+)
+# Pointers to attachments are not asks (GUIDELINES.md), even when they start with "please".
+_POINTER = re.compile(
+    r"^\W*(please\s+)?(see|find|review|note)\b.{0,40}\b(attach|enclos|below|above|screenshot|document)"
+    r"|^\W*(please\s+)?(see|review)\W*$",
     re.IGNORECASE,
 )
 
@@ -237,7 +249,9 @@ def weak_ask_messages(
             continue
         labels = []
         for sentence in sentences:
-            if _STRICT_ASK.search(sentence.text) and "?" not in sentence.text:
+            if _POINTER.search(sentence.text):
+                labels.append(0)
+            elif _STRICT_ASK.search(sentence.text) and "?" not in sentence.text:
                 labels.append(1)
             elif _REQUEST_LIKE.search(sentence.text):
                 labels.append(IGNORE)
