@@ -29,6 +29,12 @@ class EncoderConfig(BaseModel):
     window_overlap_tokens: int = Field(
         default=64, ge=0, description="Context shared by consecutive windows of a long message."
     )
+    pad_to_multiple_of: int = Field(
+        default=32,
+        ge=1,
+        le=512,
+        description="Pad each batch to a multiple of this many tokens: few distinct shapes, flat memory.",
+    )
     batch_size: int = Field(
         default=8, ge=1, description="Windows per forward pass (8 was best on 2-core CPUs)."
     )

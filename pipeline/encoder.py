@@ -229,10 +229,20 @@ class Batch:
 
 
 def collate(
-    windows: Sequence[Window], tokens: Sequence[TokenisedMessage], cls_id: int, sep_id: int, pad_id: int
+    windows: Sequence[Window],
+    tokens: Sequence[TokenisedMessage],
+    cls_id: int,
+    sep_id: int,
+    pad_id: int,
+    pad_to_multiple_of: int = 1,
 ) -> Batch:
-    """Build padded tensors for a list of windows (dynamic padding to the longest window)."""
-    length = max(w.token_end - w.token_start for w in windows) + 2
+    """Build padded tensors for a list of windows (dynamic padding to the longest window).
+
+    Rounding the padded length up to a multiple bounds the number of distinct tensor shapes a
+    long-running service sees; oneDNN caches kernels per shape, so without it memory creeps up.
+    """
+    longest = max(w.token_end - w.token_start for w in windows) + 2
+    length = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
     input_ids = torch.full((len(windows), length), pad_id, dtype=torch.long)
     attention = torch.zeros((len(windows), length), dtype=torch.long)
     piece_index = torch.full((len(windows), length), -1, dtype=torch.long)
@@ -354,7 +364,12 @@ class TextEncoder:
         with inference_context(self.precision):
             for offset in range(0, len(windows), size):
                 batch = collate(
-                    windows[offset : offset + size], tokens, self.cls_id, self.sep_id, self.pad_id
+                    windows[offset : offset + size],
+                    tokens,
+                    self.cls_id,
+                    self.sep_id,
+                    self.pad_id,
+                    self.config.pad_to_multiple_of,
                 )
                 t = batch.tensors
                 piece_rep, batch_sum, batch_count = self.net.pool(

@@ -95,3 +95,21 @@ def test_message_without_tokens_gets_no_scores():
     out = tiny_encoder().encode(["\u200b"], [[(0, 1)]])
     assert not out[0].sentence_scored.any()
     assert out[0].sentence_probs["ask"][0] == 0.0
+
+
+def test_padding_to_a_multiple_bounds_shapes_without_changing_predictions():
+    texts = ["Where is my card?", "I was charged twice for one coffee at the airport. Please refund it."]
+    spans = [[(0, 17)], [(0, 48), (49, 68)]]
+    exact = tiny_encoder().encode(texts, spans)
+    padded_encoder = tiny_encoder()
+    padded_encoder.config = padded_encoder.config.model_copy(update={"pad_to_multiple_of": 32})
+    tokens = padded_encoder.tokenise(texts)
+    windows, _ = padded_encoder.plan(tokens, spans)
+    from pipeline.encoder import collate
+
+    batch = collate(windows, tokens, padded_encoder.cls_id, padded_encoder.sep_id, padded_encoder.pad_id, 32)
+    assert batch.tensors["input_ids"].shape[1] == 32
+    padded = padded_encoder.encode(texts, spans)
+    for a, b in zip(exact, padded, strict=True):
+        np.testing.assert_allclose(a.sentence_probs["ask"], b.sentence_probs["ask"], atol=1e-5)
+        np.testing.assert_allclose(a.message_probs["product"], b.message_probs["product"], atol=1e-5)
