@@ -326,13 +326,11 @@ class TextEncoder:
 
     def plan(
         self, tokens: Sequence[TokenisedMessage], sentences: Sequence[Sequence[tuple[int, int]]]
-    ) -> tuple[list[Window], list[list[tuple[int, int]]]]:
-        """Plan windows for every message; returns windows and per-message sentence token ranges."""
+    ) -> list[Window]:
+        """Plan the windows of every message."""
         windows: list[Window] = []
-        ranges_all = []
         for index, (toks, sents) in enumerate(zip(tokens, sentences, strict=True)):
             ranges = sentence_token_ranges(toks, sents)
-            ranges_all.append(ranges)
             windows.extend(
                 plan_windows(
                     index,
@@ -342,14 +340,14 @@ class TextEncoder:
                     self.config.window_overlap_tokens,
                 )
             )
-        return windows, ranges_all
+        return windows
 
     def encode(
         self, texts: Sequence[str], sentences: Sequence[Sequence[tuple[int, int]]]
     ) -> list[EncoderOutput]:
         """Score every sentence and message. Windows are sorted by length and batched."""
         tokens = self.tokenise(texts)
-        windows, _ = self.plan(tokens, sentences)
+        windows = self.plan(tokens, sentences)
         windows.sort(key=lambda w: w.token_end - w.token_start)
         n_msgs = len(texts)
         sentence_heads = [n for n, s in self.head_specs.items() if s.level == "sentence"]

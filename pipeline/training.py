@@ -169,7 +169,7 @@ class Featurised:
     def __init__(self, messages: Sequence[TrainingMessage], encoder: TextEncoder) -> None:
         self.messages = list(messages)
         self.tokens = encoder.tokenise([m.text for m in self.messages])
-        windows, _ = encoder.plan(self.tokens, [m.sentences for m in self.messages])
+        windows = encoder.plan(self.tokens, [m.sentences for m in self.messages])
         self.windows_of: list[list[Window]] = [[] for _ in self.messages]
         for window in windows:
             self.windows_of[window.message].append(window)
@@ -534,10 +534,9 @@ def train(config: TrainConfig) -> Path:
     net.head_specs = {h.name: h for h in heads}
     goldset_selection: dict[str, float] = {}
     if config.threshold_from_goldset:
-        probe_config = config.pipeline.model_copy(
-            update={"asks": config.pipeline.asks.model_copy(update={"threshold": 0.0, "max_asks": 1})}
+        probe = Pipeline(config.pipeline, net, encoder.tokenizer, "candidate").with_asks(
+            threshold=0.0, max_asks=1
         )
-        probe = Pipeline(probe_config, net, load_tokenizer(tokenizer_file), "candidate")
         threshold, goldset_selection = choose_threshold_on_goldset(probe, data_dir)
     pipeline_config = config.pipeline.model_copy(
         update={"asks": config.pipeline.asks.model_copy(update={"threshold": threshold})}
@@ -556,6 +555,12 @@ def train(config: TrainConfig) -> Path:
             "threads": torch.get_num_threads(),
         },
     }
+    refused = sorted({rel.split("/")[0] for rel in data.files} & corpora.NON_COMMERCIAL)
+    if refused:
+        raise ConfigError(
+            f"Training read non-commercial or unlicensed data sets {refused}.",
+            fix="remove them from the training data; the default model must stay free of them",
+        )
     fingerprints = [
         DataFingerprint(
             name=rel.split("/")[0],

@@ -86,7 +86,6 @@ class TrainingMessage:
     source: str
     intent: list[str | None] = field(default_factory=list)
     product: str | None = None
-    ask_positions: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.intent:
@@ -178,7 +177,6 @@ def buried_messages(
         labels: list[int] = [0] * len(sentences)
         intents: list[str | None] = [None] * len(sentences)
         n_asks = rng.choices([0, 1, 2], weights=[0.12, 0.68, 0.20])[0]
-        positions = []
         for _ in range(n_asks):
             where = rng.choice(["start", "middle", "end"])
             index = {"start": 0, "middle": len(sentences) // 2, "end": len(sentences)}[where]
@@ -188,16 +186,13 @@ def buried_messages(
             sentences.insert(index, ask)
             labels.insert(index, 1)
             intents.insert(index, intent)
-            positions.append(where)
         if rng.random() < 0.25:
             sentences.append(
                 rng.choice(["Thank you.", "Thanks for your help.", "Thank you for your time.", "Regards."])
             )
             labels.append(0)
             intents.append(None)
-        message = join_sentences(sentences, labels, source, rng.choice([" ", " ", "\n"]), intents)
-        message.ask_positions = positions
-        out.append(message)
+        out.append(join_sentences(sentences, labels, source, rng.choice([" ", " ", "\n"]), intents))
     return out
 
 

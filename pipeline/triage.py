@@ -78,6 +78,18 @@ class Pipeline:
     def precision(self) -> str:
         return self.encoder.precision
 
+    def with_asks(self, *, threshold: float, max_asks: int) -> Pipeline:
+        """The same model and stages with other ask reporting settings (threshold selection, probes).
+
+        Shares the network and tokenizer, so it costs nothing to make and never diverges from
+        the pipeline it came from.
+        """
+        config = self.config.model_copy(deep=True)
+        config.asks = config.asks.model_copy(update={"threshold": threshold, "max_asks": max_asks})
+        other = Pipeline(config, self.encoder.net, self.encoder.tokenizer, self.model_version)
+        other.loaded = self.loaded
+        return other
+
     def score_sentences(self, sentences: Sequence[str]) -> list[float]:
         """Ask probability of each text read as a one-sentence message (sentence-level benchmarks)."""
         outputs = self.encoder.encode(list(sentences), [[(0, len(s))] for s in sentences])

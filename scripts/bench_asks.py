@@ -95,18 +95,10 @@ def first_question_span(pipeline: Pipeline, text: str) -> tuple[int, int] | None
     return normalised.body.to_original(chosen.start, chosen.end)
 
 
-def top_sentence_probe(pipeline: Pipeline) -> Pipeline:
-    """The same model and stages, reporting every message's best sentence whatever its score."""
-    config = pipeline.config.model_copy(deep=True)
-    config.asks.threshold = 0.0
-    config.asks.max_asks = 1
-    return Pipeline(config, pipeline.encoder.net, pipeline.encoder.tokenizer, pipeline.model_version)
-
-
 def goldset(pipeline: Pipeline, split: str) -> dict:
     """hit@1 two ways (the best sentence, and the first *reported* ask), and no-ask detection."""
     messages = load_ask_goldset(split)
-    probe = top_sentence_probe(pipeline)
+    probe = pipeline.with_asks(threshold=0.0, max_asks=1)  # every message's best sentence
     results = probe.route_batch([Message(id=f"{m.dataset}:{m.row_id}", text=m.text) for m in messages])
     threshold = pipeline.config.asks.threshold
     ranking = reported = base_hits = with_ask = 0

@@ -104,7 +104,7 @@ def test_padding_to_a_multiple_bounds_shapes_without_changing_predictions():
     padded_encoder = tiny_encoder()
     padded_encoder.config = padded_encoder.config.model_copy(update={"pad_to_multiple_of": 32})
     tokens = padded_encoder.tokenise(texts)
-    windows, _ = padded_encoder.plan(tokens, spans)
+    windows = padded_encoder.plan(tokens, spans)
     from pipeline.encoder import collate
 
     batch = collate(windows, tokens, padded_encoder.cls_id, padded_encoder.sep_id, padded_encoder.pad_id, 32)

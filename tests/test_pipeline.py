@@ -22,12 +22,7 @@ def test_spans_index_the_original_text_after_normalisation(tiny_pipeline):
     result = tiny_pipeline.route(message)
     check_result(message, result)
     # with the threshold at zero every sentence is reported, so every sentence span is checked
-    zero = tiny_pipeline.config.model_copy(deep=True)
-    zero.asks.threshold = 0.0
-    zero.asks.max_asks = 50
-    from pipeline.triage import Pipeline
-
-    probe = Pipeline(zero, tiny_pipeline.encoder.net, tiny_pipeline.encoder.tokenizer, "probe")
+    probe = tiny_pipeline.with_asks(threshold=0.0, max_asks=50)
     result = probe.route(message)
     texts = [a.text for a in result.asks]
     assert any("Can you  refund   me?" in t for t in texts)
@@ -47,12 +42,7 @@ def test_twenty_thousand_character_message_is_read_to_the_end(tiny_pipeline):
     background = "We have banked with you for many years and the branch staff were always helpful. "
     text = background * 240 + "Please send me the closing statement for account ending 4411."
     assert len(text) > 19_000
-    zero = tiny_pipeline.config.model_copy(deep=True)
-    zero.asks.threshold = 0.0
-    zero.asks.max_asks = 1000
-    from pipeline.triage import Pipeline
-
-    probe = Pipeline(zero, tiny_pipeline.encoder.net, tiny_pipeline.encoder.tokenizer, "probe")
+    probe = tiny_pipeline.with_asks(threshold=0.0, max_asks=1000)
     result = probe.route(text)
     assert any(a.text.startswith("Please send me the closing statement") for a in result.asks)
     assert result.asks and max(a.end for a in result.asks) == len(text)
