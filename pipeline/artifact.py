@@ -289,3 +289,29 @@ def _warn_on_version_drift(manifest: Manifest) -> None:
                 trained_with,
                 now,
             )
+
+
+def attach_files(folder: Path | str, files: Mapping[str, str]) -> Manifest:
+    """Add or replace small text files (routing policy, lexicons, calibration) in a model folder.
+
+    The weights and the model version stay as they are: a routing policy is data that operations
+    teams change without retraining. The folder is verified first (never attach to a broken
+    model), every file is written to a temporary name and renamed, and the manifest, which lists
+    the sha256 of every file, is rewritten last, so a crash leaves either the old or the new state
+    detectable by the next load.
+    """
+    folder = Path(folder)
+    load_model(folder)
+    manifest = read_manifest(folder)
+    protected = {MANIFEST, *REQUIRED_FILES}
+    for name, text in files.items():
+        if name in protected or "/" in name or name.startswith("."):
+            raise ValueError(f"cannot attach {name!r}: it is a core model file or not a plain file name")
+        staging = folder / f".{name}.tmp"
+        staging.write_text(text)
+        staging.replace(folder / name)
+        manifest.files[name] = sha256_file(folder / name)
+    staging = folder / f".{MANIFEST}.tmp"
+    staging.write_text(manifest.model_dump_json(indent=2) + "\n")
+    staging.replace(folder / MANIFEST)
+    return manifest

@@ -68,6 +68,10 @@ def route(
     message_id: Annotated[str | None, typer.Option("--id", help="Id to echo in the result.")] = None,
     subject: Annotated[str | None, typer.Option("--subject", help="Subject line, if any.")] = None,
     compact: Annotated[bool, typer.Option("--compact", help="One-line JSON.")] = False,
+    policy: Annotated[
+        Path | None,
+        typer.Option("--policy", help="Routing policy YAML to try instead of the one saved with the model."),
+    ] = None,
 ) -> None:
     """Route one message and print its v1 result as JSON."""
     from pipeline.normalise import decode_text
@@ -89,7 +93,7 @@ def route(
             body = text
         else:
             raise typer.BadParameter("give the message as TEXT, --file PATH, or - for stdin")
-        pipeline = Pipeline.from_folder(model)
+        pipeline = Pipeline.from_folder(model, policy=policy)
         extra = {"id": message_id} if message_id else {}
         result = pipeline.route(Message(text=body, subject=subject, **extra))
     except HearkenError as error:
@@ -118,13 +122,39 @@ def train(
     typer.echo(str(folder))
 
 
+@app.command()
+def calibrate(
+    model: Annotated[Path, typer.Argument(help="Model folder to calibrate (changed in place).")],
+    policy: Annotated[
+        Path | None,
+        typer.Option(
+            "--policy", help="Routing policy YAML to attach (default: the model's own or the default)."
+        ),
+    ] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Shared data sets folder.")] = None,
+) -> None:
+    """Attach a routing policy to a model and fit its route calibration on data/routing/dev.jsonl.
+
+    Prints the calibration (Platt parameters, review threshold, risk-coverage curve) as JSON.
+    """
+    from pipeline.routing_evaluation import calibrate_model
+
+    try:
+        calibration = calibrate_model(model, policy=policy, data_dir=data_dir)
+    except HearkenError as error:
+        raise _fail(error) from error
+    typer.echo(calibration.model_dump_json(indent=2))
+
+
 def _register_commands() -> None:
     """Commands that live with their feature (each module imports its heavy parts lazily)."""
     from pipeline.backlog_cli import retriage
+    from pipeline.evaluate_cli import evaluate
     from pipeline.service.cli import serve
 
     app.command()(retriage)
     app.command()(serve)
+    app.command()(evaluate)
 
 
 _register_commands()

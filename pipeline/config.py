@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from pipeline.language import LanguageConfig
 from pipeline.normalise import NormaliserConfig
 from pipeline.runtime import Precision
 from pipeline.segment import SegmenterConfig
+from pipeline.signals import SignalConfig
 
 
 class EncoderConfig(BaseModel):
@@ -70,3 +72,5 @@ class PipelineConfig(BaseModel):
     segmenter: SegmenterConfig = Field(default_factory=SegmenterConfig, description="Segment stage.")
     encoder: EncoderConfig = Field(default_factory=EncoderConfig, description="Encoder windows and runtime.")
     asks: AskConfig = Field(default_factory=AskConfig, description="Ask reporting.")
+    language: LanguageConfig = Field(default_factory=LanguageConfig, description="Language detection.")
+    signals: SignalConfig = Field(default_factory=SignalConfig, description="Signal detection.")

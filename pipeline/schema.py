@@ -15,7 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SCHEMA_VERSION: Literal["1"] = "1"
 
-Tier = Literal["none", "tier1", "tier2", "tier3"]
+#: A tier name. The default policy's tiers are none, tier1, tier2 and tier3 (ROUTING_POLICY §3);
+#: another company's policy names its own, so the type is a string checked against the policy.
+Tier = str
 
 
 class Message(BaseModel):
@@ -92,7 +94,11 @@ class RouteResult(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    tier: Tier | None = Field(default=None, description="Null only while no router is configured.")
+    tier: Tier | None = Field(
+        default=None,
+        description="One of the routing policy's tiers (default: none, tier1, tier2, tier3); the best guess "
+        "also when `needs_human_review` is true.",
+    )
     queue: str | None = None
     confidence: float | None = Field(default=None, ge=0.0, le=1.0)
     needs_human_review: bool = False

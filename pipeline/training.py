@@ -43,7 +43,7 @@ from pipeline.errors import ConfigError
 from pipeline.goldsets import ask_hit, load_ask_goldset
 from pipeline.runtime import configure_threads, resolve_precision
 from pipeline.schema import Message, TriageResult
-from pipeline.trainset import IGNORE, TrainingData, TrainingMessage, build_training_data
+from pipeline.trainset import IGNORE, IntentDataset, TrainingData, TrainingMessage, build_training_data
 from pipeline.triage import Pipeline
 
 log = logging.getLogger(__name__)
@@ -66,8 +66,15 @@ class DataConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    intent: bool = Field(default=True, description="Train the intent head on Banking77 (77 labels).")
-    intent_limit: int | None = Field(default=None, description="Cap on Banking77 training utterances.")
+    intent: bool = Field(default=True, description="Train the intent head on `intent_dataset`.")
+    intent_dataset: IntentDataset = Field(
+        default="banking77",
+        description=(
+            "Intent data: banking77 (77 labels; dev carved from its train) or clinc150 (the 150 in-scope "
+            "intents of CLINC150 train; dev is its val split). Its utterances are also the buried asks."
+        ),
+    )
+    intent_limit: int | None = Field(default=None, description="Cap on intent training utterances.")
     product: bool = Field(default=True, description="Train the product head on CFPB narratives (11 labels).")
     product_limit: int | None = Field(default=None, description="Cap on CFPB training narratives.")
     product_max_chars: int = Field(
@@ -115,6 +122,14 @@ class TrainConfig(BaseModel):
     precision: Literal["auto", "bf16", "fp32"] = Field(default="auto", description="Training autocast.")
     num_threads: int | None = Field(default=None, description="torch threads (None: one per core).")
     progress: bool = Field(default=True, description="Show progress bars on stderr.")
+    policy: Path | None = Field(
+        default=None, description="Routing policy YAML saved with the model (None: the packaged default)."
+    )
+    calibrate_route: bool = Field(
+        default=True,
+        description="After training, fit the route calibration and review threshold on "
+        "data/routing/dev.jsonl.",
+    )
     threshold_from_goldset: bool = Field(
         default=True,
         description="Pick the ask threshold on data/asks/dev.jsonl (whole messages), else on dev sentences.",
@@ -417,6 +432,7 @@ def train(config: TrainConfig) -> Path:
         product_max_chars=config.data.product_max_chars,
         normaliser_config=config.pipeline.normaliser,
         segmenter_config=config.pipeline.segmenter,
+        intent_dataset=config.data.intent_dataset,
     )
     heads = make_heads(data)
     label_index = {
@@ -592,7 +608,20 @@ def train(config: TrainConfig) -> Path:
         card=card,
         extra_files={"train_config.json": config.model_dump_json(indent=2) + "\n"},
     )
+    if config.calibrate_route:
+        from pipeline.routing_evaluation import calibrate_model
+
+        calibration = calibrate_model(config.output, policy=config.policy, data_dir=config.data_dir)
+        log.info(
+            "route calibration: review below %.2f; dev coverage %.2f at error %.3f",
+            calibration.threshold,
+            calibration.coverage,
+            calibration.risk,
+        )
     return Path(config.output)
+
+
+INTENT_DATASET_NAMES = {"banking77": "77 Banking77", "clinc150": "150 in-scope CLINC150"}
 
 
 def render_model_card(
@@ -612,7 +641,7 @@ def render_model_card(
 Hearken model folder: all-MiniLM-L6-v2 ({BASE_MODEL_PACKAGE}) fine-tuned with sentence-level heads.
 Heads: {", ".join(f"{h.name} ({h.level}, {len(h.labels)} labels)" for h in heads)}.
 - ask: is this sentence, read in its message, a question or request to act on?
-- intent: what the ask wants (the 77 Banking77 intents, as they are).
+- intent: what the ask wants (the {INTENT_DATASET_NAMES[config.data.intent_dataset]} intents, as they are).
 - product: which product the message concerns (the 11 labels of ROUTING_POLICY §2).
 
 ## Reproduce

@@ -10,8 +10,9 @@ ignored in the loss. The ask scorer must judge a sentence *in its message*, so:
   run of real background sentences from a CFPB narrative, sometimes two asks, sometimes none;
 - the team's own hard cases (``data/ask_training/team_written.jsonl``): rhetorical questions,
   venting, auto-replies, thank-yous, and asks that only make sense with the sentence before.
-Intent comes from Banking77 utterances, alone and buried in background (the intent must be
-read from the ask, not the opening lines); product from whole CFPB narratives.
+Intent comes from Banking77 (or, by config, CLINC150 in-scope) utterances, alone and buried in
+background (the intent must be read from the ask, not the opening lines); product from whole
+CFPB narratives.
 
 Rows of the hand-labelled evaluation sets are excluded from every background, and test splits
 of public benchmarks are never read here.
@@ -26,8 +27,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 from pipeline import corpora
+from pipeline.datadir import dataset_file
+from pipeline.errors import ConfigError, DataError
 from pipeline.normalise import Normaliser, NormaliserConfig
 from pipeline.segment import Segmenter, SegmenterConfig
 
@@ -315,6 +319,100 @@ def product_messages(
     return out
 
 
+IntentDataset = Literal["banking77", "clinc150"]
+INTENT_DATASETS: tuple[str, ...] = get_args(IntentDataset)
+CLINC150_DOMAINS = "clinc150/domains.json"
+CLINC150_OOS = "oos"
+# CLINC150 intents whose utterances are not asks under ROUTING_POLICY §1 (greetings, thanks, bare
+# yes/no/maybe). Labelling "thank you" an ask would contradict the buried compositions, which
+# close with "Thank you." as a non-ask; MultiDoGO's greeting/thank-you/confirmation acts are
+# non-asks too. Their intent labels are kept: only the ask label differs.
+CLINC150_NOT_ASK = frozenset({"greeting", "goodbye", "thank_you", "yes", "no", "maybe"})
+
+
+@dataclass
+class IntentSource:
+    """One intent data set: training and dev utterances, the head's labels, and the rows read."""
+
+    name: str
+    train: list[corpora.IntentExample]
+    dev: list[corpora.IntentExample]
+    labels: list[str]
+    files: dict[str, int]
+    not_ask: frozenset[str] = frozenset()
+
+    def messages(self, examples: Sequence[corpora.IntentExample]) -> list[TrainingMessage]:
+        """Each utterance alone, as a one-sentence message with its intent (and ask label)."""
+        return [
+            join_sentences([e.text], [int(e.label not in self.not_ask)], self.name, intents=[e.label])
+            for e in examples
+        ]
+
+    def asks(self, examples: Sequence[corpora.IntentExample], labelled: bool) -> list[tuple[str, str | None]]:
+        """Utterances to bury in background as asks: (text, intent or None without an intent head)."""
+        return [(e.text, e.label if labelled else None) for e in examples if e.label not in self.not_ask]
+
+
+def banking77_intents(data_dir: Path | str | None, rng: random.Random, dev_fraction: float) -> IntentSource:
+    """Banking77 train, shuffled, with a dev share carved off (its test split is never read)."""
+    banking = corpora.read_banking77(corpora.BANKING77_TRAIN, data_dir)
+    rng.shuffle(banking)
+    n_dev = max(1, int(len(banking) * dev_fraction))
+    return IntentSource(
+        name="banking77",
+        train=banking[n_dev:],
+        dev=banking[:n_dev],
+        labels=corpora.banking77_labels(data_dir),
+        files={corpora.BANKING77_TRAIN: len(banking)},
+    )
+
+
+def clinc150_labels(data_dir: Path | str | None = None) -> list[str]:
+    """The 150 in-scope intent names, as they are, in the published order (domains.json)."""
+    domains = json.loads(dataset_file(CLINC150_DOMAINS, data_dir).read_text())
+    return [label for intents in domains.values() for label in intents]
+
+
+def clinc150_intents(data_dir: Path | str | None, rng: random.Random) -> IntentSource:
+    """CLINC150 in-scope ``train`` (shuffled) for training and its ``val`` split for dev.
+
+    ``val`` is the data set's own validation split (20 per intent, balanced), not a test split;
+    selecting on it keeps all 100 training utterances per intent, as published CLINC results
+    do. Only in-scope rows are used: out-of-scope rows (``oos``) are dropped should a split carry
+    any, and ``test``/``oos_*`` are never returned here; the out-of-scope benchmark reads them.
+    """
+    labels = clinc150_labels(data_dir)
+    known = set(labels)
+    train = [e for e in corpora.read_clinc150("train", data_dir) if e.label != CLINC150_OOS]
+    dev = [e for e in corpora.read_clinc150("val", data_dir) if e.label != CLINC150_OOS]
+    unknown = sorted({e.label for e in train + dev} - known)
+    if unknown or len(labels) != 150:
+        raise DataError(
+            f"CLINC150 labels do not match {CLINC150_DOMAINS} ({len(labels)} listed; unknown {unknown[:5]}).",
+            fix="use the unchanged data_full.json and domains.json of clinc/oos-eval",
+        )
+    rng.shuffle(train)
+    return IntentSource(
+        name="clinc150",
+        train=train,
+        dev=dev,
+        labels=labels,
+        files={corpora.CLINC150: len(train) + len(dev)},
+        not_ask=CLINC150_NOT_ASK,
+    )
+
+
+def read_intent_source(
+    dataset: str, data_dir: Path | str | None, rng: random.Random, dev_fraction: float
+) -> IntentSource:
+    """The intent data set a config names; an unknown name is a config error."""
+    if dataset == "banking77":
+        return banking77_intents(data_dir, rng, dev_fraction)
+    if dataset == "clinc150":
+        return clinc150_intents(data_dir, rng)
+    raise ConfigError(f"Unknown intent data set {dataset!r}.", fix=f"use one of {list(INTENT_DATASETS)}")
+
+
 def build_training_data(
     data_dir: Path | str | None,
     rng: random.Random,
@@ -334,8 +432,9 @@ def build_training_data(
     product_max_chars: int | None,
     normaliser_config: NormaliserConfig,
     segmenter_config: SegmenterConfig,
+    intent_dataset: IntentDataset = "banking77",
 ) -> TrainingData:
-    """Assemble training messages; dev sets are carved from training files only."""
+    """Assemble training messages; dev sets come from training files (CLINC150: its val split)."""
     files: dict[str, int] = {}
     parakweet = corpora.read_parakweet(corpora.PARAKWEET_TRAIN, data_dir)
     rng.shuffle(parakweet)
@@ -355,15 +454,12 @@ def build_training_data(
         (s.text, None) for c in conversations for s in c if s.is_ask and len(s.text.split()) >= 4
     ]
 
-    banking = corpora.read_banking77(corpora.BANKING77_TRAIN, data_dir)
-    files[corpora.BANKING77_TRAIN] = len(banking)
-    rng.shuffle(banking)
-    n_bank_dev = max(1, int(len(banking) * dev_fraction))
-    bank_dev, bank_train = banking[:n_bank_dev], banking[n_bank_dev:]
+    intents = read_intent_source(intent_dataset, data_dir, rng, dev_fraction)
+    files.update(intents.files)
+    intent_dev, intent_train = intents.dev, intents.train
     if intent_limit is not None:
-        bank_train = bank_train[:intent_limit]
-    intent_labels = corpora.banking77_labels(data_dir) if intent else []
-    label_intent = (lambda e: e.label) if intent else (lambda e: None)
+        intent_train = intent_train[:intent_limit]
+    intent_labels = intents.labels if intent else []
 
     complaints = corpora.read_cfpb(data_dir)
     files[corpora.CFPB_NARRATIVES] = len(complaints)
@@ -381,21 +477,18 @@ def build_training_data(
         train += weak_ask_messages(
             train_complaints, normaliser, segmenter, rng, weak_cfpb, weak_cfpb_max_chars
         )
-    bank_asks = [(e.text, label_intent(e)) for e in bank_train]
-    train += buried_messages(runs_train, bank_asks + multidogo_asks, rng, buried)
+    train += buried_messages(runs_train, intents.asks(intent_train, intent) + multidogo_asks, rng, buried)
     team = team_written_messages() if TEAM_WRITTEN.is_file() else []
     train += team * 3  # few but important: seen three times per epoch
     dev: dict[str, list[TrainingMessage]] = {
         "parakweet_dev": [join_sentences([r.text], [int(r.is_ask)], "parakweet") for r in parakweet_dev],
         "buried_dev": buried_messages(
-            runs_dev, [(e.text, label_intent(e)) for e in bank_dev], rng, buried_dev, "buried_dev"
+            runs_dev, intents.asks(intent_dev, intent), rng, buried_dev, "buried_dev"
         ),
     }
     if intent:
-        train += [join_sentences([e.text], [1], "banking77", intents=[e.label]) for e in bank_train]
-        dev["banking77_dev"] = [
-            join_sentences([e.text], [1], "banking77", intents=[e.label]) for e in bank_dev
-        ]
+        train += intents.messages(intent_train)
+        dev[f"{intents.name}_dev"] = intents.messages(intent_dev)
     product_labels: list[str] = []
     if product:
         product_train = product_messages(complaints, normaliser, segmenter, "train", product_max_chars)

@@ -20,20 +20,34 @@ from tokenizers import Tokenizer
 from pipeline.artifact import LoadedModel, load_model
 from pipeline.asks import AskFinder
 from pipeline.basemodel import offline
+from pipeline.catalogue import MentionFinder, load_catalogue, settle_product
 from pipeline.config import PipelineConfig
 from pipeline.encoder import EncoderOutput, HearkenNet, TextEncoder, load_tokenizer
 from pipeline.errors import HearkenError, InputError
+from pipeline.language import LanguageDetector
 from pipeline.normalise import NormalisedMessage, Normaliser, check_text
+from pipeline.policy import (
+    POLICY_FILE,
+    AskEvidence,
+    CalibrationFn,
+    PolicyBundle,
+    RouteEvidence,
+    Router,
+    load_policy,
+    route_result,
+)
+from pipeline.route_calibration import CALIBRATION_FILE, RouteCalibration, read_route_calibration
 from pipeline.schema import (
     Ask,
     IntentResult,
+    Mention,
     Message,
     ProductResult,
-    RouteResult,
     Section,
     TriageResult,
 )
 from pipeline.segment import Segmenter, Sentence
+from pipeline.signals import SignalDetector, load_signal_lexicon
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +59,30 @@ class Reading:
     message: Message
     normalised: NormalisedMessage
     sentences: list[Sentence]
+    history_sentences: list[list[Sentence]]
     encoded: EncoderOutput | None = None
+
+
+_REPLACEMENT_SHARE = 0.05
+
+
+def is_readable(text: str, sentences: list[Sentence]) -> bool:
+    """Whether there is anything a person could read: sentences with letters, not mojibake."""
+    letters = sum(ch.isalpha() for ch in text)
+    return bool(sentences) and letters >= 3 and text.count("\ufffd") <= _REPLACEMENT_SHARE * len(text)
 
 
 class Pipeline:
     """A loaded, verified model and the stages that use it. Thread-compatible for inference."""
 
     def __init__(
-        self, config: PipelineConfig, net: HearkenNet, tokenizer: Tokenizer, model_version: str
+        self,
+        config: PipelineConfig,
+        net: HearkenNet,
+        tokenizer: Tokenizer,
+        model_version: str,
+        policy: PolicyBundle | None = None,
+        calibration: RouteCalibration | None = None,
     ) -> None:
         self.config = config
         self.model_version = model_version
@@ -60,16 +90,63 @@ class Pipeline:
         self.segmenter = Segmenter(config.segmenter)
         self.encoder = TextEncoder(net, tokenizer, config.encoder)
         self.ask_finder = AskFinder(config.asks)
+        self.language = LanguageDetector(config.language)
         self.head_names = set(net.head_specs)
         self.loaded: LoadedModel | None = None
+        self.policy = policy or load_policy()
+        self.router = Router(self.policy)
+        rules = self.policy.policy
+        self.signal_detector = SignalDetector(
+            load_signal_lexicon(self.policy.folder / rules.signals_file), config.signals
+        )
+        self.catalogue = (
+            load_catalogue(self.policy.folder / rules.catalogue_file, allowed_labels=rules.products)
+            if rules.catalogue_file
+            else None
+        )
+        self.mention_finder = MentionFinder(self.catalogue) if self.catalogue is not None else None
+        self.calibration = calibration
+        if calibration is not None and calibration.policy_sha256 == self.policy.sha256:
+            self.calibrate: CalibrationFn = calibration.function()
+            self.review_threshold = calibration.threshold
+            self.calibrated = True
+        else:
+            if calibration is not None:
+                log.warning(
+                    "the model's route calibration was fitted for another policy; route confidences are "
+                    "uncalibrated (re-run `hearken calibrate` for policy %s)",
+                    rules.name,
+                )
+            self.calibrate = CalibrationFn()
+            self.review_threshold = rules.review.uncalibrated_threshold
+            self.calibrated = False
 
     @classmethod
-    def from_folder(cls, folder: Path | str | None = None) -> Pipeline:
-        """Load and verify a model folder (the committed default when ``folder`` is None)."""
+    def from_folder(cls, folder: Path | str | None = None, policy: Path | str | None = None) -> Pipeline:
+        """Load and verify a model folder (the committed default when ``folder`` is None).
+
+        The routing policy is ``policy`` when given (a YAML file or its folder), else the one saved
+        in the model folder, else the packaged default; its calibration is used only if it was
+        fitted for exactly that policy.
+        """
         offline()
         model = load_model(folder)
+        if policy is not None:
+            bundle = load_policy(policy)
+        elif POLICY_FILE in model.extra_files:
+            bundle = load_policy(model.folder / POLICY_FILE)
+        else:
+            bundle = load_policy()
+        calibration = None
+        if CALIBRATION_FILE in model.extra_files:
+            calibration = read_route_calibration(model.folder / CALIBRATION_FILE)
         pipeline = cls(
-            model.config, model.net, load_tokenizer(model.tokenizer_path), model.manifest.model_version
+            model.config,
+            model.net,
+            load_tokenizer(model.tokenizer_path),
+            model.manifest.model_version,
+            policy=bundle,
+            calibration=calibration,
         )
         pipeline.loaded = model
         return pipeline
@@ -86,7 +163,14 @@ class Pipeline:
         """
         config = self.config.model_copy(deep=True)
         config.asks = config.asks.model_copy(update={"threshold": threshold, "max_asks": max_asks})
-        other = Pipeline(config, self.encoder.net, self.encoder.tokenizer, self.model_version)
+        other = Pipeline(
+            config,
+            self.encoder.net,
+            self.encoder.tokenizer,
+            self.model_version,
+            policy=self.policy,
+            calibration=self.calibration,
+        )
         other.loaded = self.loaded
         return other
 
@@ -116,8 +200,11 @@ class Pipeline:
             except InputError as error:
                 outcomes[index] = error
         sentence_lists = self.segmenter.segment_many([n.body.text for _, _, n in normalised])
+        history_texts = [h.text for _, _, n in normalised for h in n.history]
+        history_lists = iter(self.segmenter.segment_many(history_texts))
         for (index, message, norm), sentences in zip(normalised, sentence_lists, strict=True):
-            readings.append((index, Reading(message, norm, sentences)))
+            history = [next(history_lists) for _ in norm.history]
+            readings.append((index, Reading(message, norm, sentences, history)))
         encoded = self.encoder.encode(
             [r.normalised.body.text for _, r in readings],
             [[(s.start, s.end) for s in r.sentences] for _, r in readings],
@@ -129,57 +216,109 @@ class Pipeline:
 
     def _result(self, reading: Reading) -> TriageResult:
         assert reading.encoded is not None
-        message, encoded = reading.message, reading.encoded
-        found = []
-        if "ask" in encoded.sentence_probs:
-            found = self.ask_finder.find(
-                message.text, reading.normalised.body, reading.sentences, encoded.sentence_probs["ask"]
-            )
+        message, encoded, body = reading.message, reading.encoded, reading.normalised.body
+        found: list[tuple[int, Ask]] = []
+        ask_probs = encoded.sentence_probs.get("ask")
+        if ask_probs is not None:
+            found = self.ask_finder.find(message.text, body, reading.sentences, ask_probs)
         warnings = []
+        readable = is_readable(body.text, reading.sentences)
         if not reading.sentences:
             warnings.append("no readable sentences after removing quoted history, signatures and markup")
-        route = RouteResult(
-            tier=None,
-            queue=None,
-            confidence=None,
-            needs_human_review=True,
-            reasons=[
-                "this model has no routing policy yet, so no tier was decided; a person should route it"
-            ],
+        language = self.language.detect(body.text)[0] if readable else None
+        signals = [
+            signal.model_copy(update={"escalating": self.router.is_escalating(signal)})
+            for signal in self.signal_detector.detect(
+                reading.normalised, reading.sentences, reading.history_sentences
+            )
+        ]
+        mentions = self.mention_finder.find(body) if self.mention_finder is not None else []
+        product = self._product(encoded, mentions)
+        intent = self._intent(encoded, found)
+        evidence = RouteEvidence(
+            asks=self._ask_evidence(encoded, found),
+            signals=signals,
+            product=product.label,
+            body=body.text,
+            best_sentence_ask_score=float(ask_probs.max())
+            if ask_probs is not None and len(ask_probs)
+            else 0.0,
+            language=language,
+            readable=readable,
         )
+        route = route_result(self.router, evidence, self.calibrate, self.review_threshold, self.calibrated)
         sections = [Section(kind=s.kind, start=s.start, end=s.end) for s in reading.normalised.sections]
         return TriageResult(
             id=message.id,
-            language=None,
+            language=language,
             asks=[ask for _, ask in found],
-            product=self._product(encoded),
-            intent=self._intent(encoded, found),
-            signals=[],
+            product=product,
+            intent=intent,
+            signals=signals,
             route=route,
             model_version=self.model_version,
             sections=sections,
             warnings=warnings,
         )
 
-    def _product(self, encoded: EncoderOutput) -> ProductResult:
-        """The product head's calibrated best label over the whole message."""
+    def _ask_evidence(self, encoded: EncoderOutput, found: list[tuple[int, Ask]]) -> list[AskEvidence]:
+        """Each ask's text and score with the intent read from its own sentence in context."""
+        probs = encoded.sentence_probs.get("intent")
+        labels = self.encoder.head_specs["intent"].labels if probs is not None else []
+        evidence = []
+        for index, ask in found:
+            if probs is None:
+                evidence.append(AskEvidence(ask.text, ask.score))
+                continue
+            best = int(np.argmax(probs[index]))
+            evidence.append(AskEvidence(ask.text, ask.score, labels[best], float(probs[index][best])))
+        return evidence
+
+    def _product(self, encoded: EncoderOutput, mentions: list[Mention]) -> ProductResult:
+        """The product head's calibrated label over the whole message, settled by mentions when unsure."""
         probs = encoded.message_probs.get("product")
-        if probs is None:
-            return ProductResult(reason="this model has no product head")
-        labels = self.encoder.head_specs["product"].labels
-        best = int(np.argmax(probs))
-        return ProductResult(label=labels[best], confidence=round(float(probs[best]), 4))
+        label: str | None = None
+        confidence: float | None = None
+        if probs is not None:
+            labels = self.encoder.head_specs["product"].labels
+            best = int(np.argmax(probs))
+            label, confidence = labels[best], float(probs[best])
+        if self.catalogue is None:
+            if label is None:
+                return ProductResult(reason="this model has no product head and the policy no catalogue")
+            return ProductResult(label=label, confidence=round(confidence or 0.0, 4), mentions=mentions)
+        settled, sure, why = settle_product(
+            label, confidence, mentions, self.catalogue, self.policy.policy.min_product_confidence
+        )
+        if settled is None:
+            return ProductResult(mentions=mentions, reason=why)
+        if sure is None and probs is not None and settled in self.encoder.head_specs["product"].labels:
+            # A name match is not a probability; the head's own probability of that label is.
+            sure = float(probs[self.encoder.head_specs["product"].labels.index(settled)])
+        return ProductResult(
+            label=settled, confidence=None if sure is None else round(sure, 4), mentions=mentions, reason=why
+        )
 
     def _intent(self, encoded: EncoderOutput, found: list[tuple[int, Ask]]) -> IntentResult:
-        """Intent read from the asks (weighted by ask score), never from the opening lines."""
+        """Intent read from the asks (weighted by ask score), never from the opening lines.
+
+        With no ask above the reporting threshold, the intent is read from the single most
+        ask-like sentence: a one-line query ("card still not here") is often scored below the
+        threshold yet is plainly what the customer wants, and the tier never depends on it then.
+        """
         probs = encoded.sentence_probs.get("intent")
         if probs is None:
             return IntentResult(reason="this model has no intent head")
+        if not len(probs):
+            return IntentResult(reason="no sentence was read to take an intent from")
+        labels = self.encoder.head_specs["intent"].labels
         if not found:
-            return IntentResult(reason="no ask was found to read an intent from")
+            ask_probs = encoded.sentence_probs.get("ask")
+            index = int(np.argmax(ask_probs)) if ask_probs is not None and len(ask_probs) else 0
+            best = int(np.argmax(probs[index]))
+            return IntentResult(label=labels[best], confidence=round(float(probs[index][best]), 4))
         weights = np.array([ask.score for _, ask in found])
         mixed = (probs[[index for index, _ in found]] * weights[:, None]).sum(0) / weights.sum()
-        labels = self.encoder.head_specs["intent"].labels
         best = int(np.argmax(mixed))
         return IntentResult(label=labels[best], confidence=round(float(mixed[best]), 4))
 

@@ -82,8 +82,10 @@ def test_message_that_is_only_quoted_history_still_gets_a_result(tiny_pipeline):
     check_result(Message(id=result.id, text=text), result)
 
 
-def test_fields_not_yet_decided_are_null_with_reasons(tiny_pipeline):
+def test_fields_a_model_cannot_decide_are_null_with_reasons(tiny_pipeline):
+    # The tiny model has an ask head only: no product head (and no catalogue name in the text),
+    # no intent head. The route is still decided, by the policy.
     result = tiny_pipeline.route("Can I change my PIN online?")
     assert result.product.label is None and result.product.reason
     assert result.intent.label is None and result.intent.reason
-    assert result.route.tier is None and result.route.needs_human_review and result.route.reasons
+    assert result.route.tier in {"none", "tier1", "tier2", "tier3"} and result.route.reasons
