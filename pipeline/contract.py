@@ -67,9 +67,16 @@ def assert_model_contract(pipeline: Pipeline) -> None:
     """Raise AssertionError if the pipeline breaks the v1 contract on the contract messages."""
     batch = pipeline.route_batch(CONTRACT_MESSAGES)
     assert len(batch) == len(CONTRACT_MESSAGES)
+    policy = pipeline.policy.policy
+    tiers = {tier.name for tier in policy.tiers}
     for message, result in zip(CONTRACT_MESSAGES, batch, strict=True):
         assert isinstance(result, TriageResult), f"{message.id}: {result}"
         check_result(message, result)
+        route = result.route
+        assert route.tier in tiers, f"{message.id}: tier {route.tier!r} is not one of the policy's {tiers}"
+        assert route.queue and route.reasons and route.confidence is not None
+        if any(signal.escalating for signal in result.signals):
+            assert route.tier == policy.escalation_tier, "an escalating signal must force the escalation tier"
         alone = pipeline.route(message)
         assert [(a.start, a.end) for a in alone.asks] == [(a.start, a.end) for a in result.asks], (
             "routing alone and in a batch must agree"

@@ -24,6 +24,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.errors import ModelLoadError
+from pipeline.evaluation import expected_calibration_error as binned_ece
+from pipeline.evaluation import reliability_bins
 from pipeline.policy import CalibrationFn
 
 CALIBRATION_FILE = "route_calibration.json"
@@ -88,19 +90,8 @@ def fit_platt(raw: Sequence[float], correct: Sequence[bool], iterations: int = 1
 
 
 def expected_calibration_error(confidence: Sequence[float], correct: Sequence[bool], bins: int = 10) -> float:
-    """Weighted mean gap between confidence and accuracy over equal-width bins."""
-    conf = np.asarray(confidence, dtype=float)
-    hit = np.asarray(correct, dtype=float)
-    if not len(conf):
-        return 0.0
-    edges = np.linspace(0, 1, bins + 1)
-    index = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
-    total = 0.0
-    for b in range(bins):
-        mask = index == b
-        if mask.any():
-            total += mask.sum() * abs(conf[mask].mean() - hit[mask].mean())
-    return float(total / len(conf))
+    """Weighted mean gap between confidence and accuracy over equal-width bins (as in evaluation)."""
+    return binned_ece(reliability_bins(confidence, correct, bins))
 
 
 def risk_coverage(confidence: Sequence[float], correct: Sequence[bool]) -> list[CurvePoint]:

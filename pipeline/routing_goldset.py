@@ -29,7 +29,11 @@ from pipeline.errors import DataError
 from pipeline.goldsets import _lookup_texts
 
 ROUTING_GOLDSET_DIR = Path(__file__).resolve().parent.parent / "data" / "routing"
-ROUTING_SPLITS: tuple[str, ...] = ("dev", "test")
+ROUTING_SPLITS: tuple[str, ...] = ("dev", "test", "dev2")
+# dev2 is a second development set written fresh so rule tuning can be checked on phrasings it
+# was not tuned on; it is only worth that if it shares no message with the splits it must be
+# independent of, so the loader refuses any overlap instead of trusting the authors.
+INDEPENDENT_OF: dict[str, tuple[str, ...]] = {"dev2": ("dev", "test")}
 TIERS: tuple[str, ...] = ("none", "tier1", "tier2", "tier3")
 SOURCES: tuple[str, ...] = ("team", "cfpb_complaints")
 
@@ -202,8 +206,40 @@ def _read_rows(path: Path) -> list[tuple[str, dict]]:
     return rows
 
 
+def _normalised_sha256(text: str) -> str:
+    """Hash of the text with case and whitespace folded, so a re-spaced or re-cased copy still collides."""
+    return hashlib.sha256(" ".join(text.lower().split()).encode("utf-8")).hexdigest()
+
+
+def _check_independent(split: str, rows: list[tuple[str, dict]], folder: Path) -> None:
+    """Refuse a row of ``split`` whose text also appears in a split it must be independent of.
+
+    Texts are compared by hash only: the exact ``text_sha256`` of every row (team and public),
+    and a case- and whitespace-folded hash of the team texts. Nothing of the other splits is
+    returned or printed, so the held-out test texts stay unread by whoever runs this.
+    """
+    others = INDEPENDENT_OF.get(split, ())
+    exact: dict[str, str] = {}
+    folded: dict[str, str] = {}
+    for other in others:
+        for _, raw in _read_rows(folder / f"{other}.jsonl"):
+            exact[raw["text_sha256"]] = other
+            if raw["text"] is not None:
+                folded[_normalised_sha256(raw["text"])] = other
+    for where, raw in rows:
+        clash = exact.get(raw["text_sha256"])
+        if clash is None and raw["text"] is not None:
+            clash = folded.get(_normalised_sha256(raw["text"]))
+        if clash is not None:
+            raise DataError(
+                f"{where}: the text of {raw['id']} is also in {clash}.jsonl; {split} must share no text "
+                f"with {', '.join(others)}.",
+                fix=f"replace the message in {split}.jsonl with a freshly written one",
+            )
+
+
 def load_routing_goldset(
-    split: Literal["dev", "test"],
+    split: Literal["dev", "test", "dev2"],
     data_dir: Path | str | None = None,
     *,
     goldset_dir: Path | str | None = None,
@@ -212,14 +248,18 @@ def load_routing_goldset(
 
     ``data_dir`` is the shared data-set directory (argument, then ``$HEARKEN_DATA_DIR``, then
     ``../shared/datasets``); it is only read when the split has public rows. ``goldset_dir``
-    points at another copy of the label files (tests use it for corrupted copies). Raises
+    points at another copy of the label files (tests use it for corrupted copies). ``dev2`` is
+    the second, team-written development set; it is refused if any of its texts is also in
+    ``dev`` or ``test`` (compared by hash, see ``INDEPENDENT_OF``). Raises
     ``DataError`` naming the file and line for a malformed row, an unknown tier, signal or
     product, a span outside its text, a tier that contradicts the signals, or a text whose
     sha256 differs from what the labeller saw.
     """
     if split not in ROUTING_SPLITS:
         raise ValueError(f"split must be one of {ROUTING_SPLITS}, not {split!r}")
-    rows = _read_rows(Path(goldset_dir or ROUTING_GOLDSET_DIR) / f"{split}.jsonl")
+    folder = Path(goldset_dir or ROUTING_GOLDSET_DIR)
+    rows = _read_rows(folder / f"{split}.jsonl")
+    _check_independent(split, rows, folder)
     public_ids = {raw["row_id"] for _, raw in rows if raw["source"] == "cfpb_complaints"}
     public: dict[str, str] = {}
     if public_ids:

@@ -7,8 +7,10 @@ a skip. Corrupted copies are written to ``tmp_path`` and loaded through ``goldse
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import shutil
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -202,3 +204,90 @@ def test_a_missing_file_and_an_unknown_split_are_refused(tmp_path: Path) -> None
         load_routing_goldset("test", goldset_dir=tmp_path)
     with pytest.raises(ValueError):
         load_routing_goldset("train")  # type: ignore[arg-type]
+
+
+# --- dev2: the second, team-written development set -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dev2() -> list[RoutingGoldMessage]:
+    return load_routing_goldset("dev2")
+
+
+def test_dev2_has_160_team_messages_with_sequential_ids_and_six_other_languages(
+    dev2: list[RoutingGoldMessage],
+) -> None:
+    assert [m.id for m in dev2] == [f"d2-{n:04d}" for n in range(1, 161)]
+    assert all(m.source == "team" and m.row_id is None for m in dev2)
+    non_english = [m for m in dev2 if m.language != "en"]
+    assert sorted(m.language for m in non_english) == ["de", "es", "fr", "it", "nl", "pt"]
+    assert all(m.signals for m in non_english)
+    tiers = Counter(m.tier for m in dev2)
+    assert set(tiers) == set(TIERS)
+    assert sum(not m.signals for m in dev2) >= 25  # plain messages and hard negatives
+
+
+def test_dev2_spans_round_trip_to_the_stored_rows(dev2: list[RoutingGoldMessage]) -> None:
+    rows = [
+        json.loads(line)
+        for line in (ROUTING_GOLDSET_DIR / "dev2.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
+    assert len(rows) == len(dev2)
+    for row, m in zip(rows, dev2, strict=True):
+        assert hashlib.sha256(m.text.encode("utf-8")).hexdigest() == row["text_sha256"], m.id
+        assert [[s.start, s.end] for s in m.signals] == [[s["start"], s["end"]] for s in row["signals"]], m.id
+        assert [list(a) for a in m.asks] == row["asks"], m.id
+        for start, end in [(s.start, s.end) for s in m.signals] + list(m.asks):
+            piece = m.text[start:end]
+            assert piece and piece == piece.strip(), (m.id, start, end)
+        names = [s.name for s in m.signals]
+        assert len(names) == len(set(names)), m.id
+        assert (m.tier == "tier3") == any(n in ESCALATING_SIGNALS for n in names), m.id
+
+
+def test_dev2_has_at_least_ten_positives_per_signal_and_quoted_history(
+    dev2: list[RoutingGoldMessage],
+) -> None:
+    positives = Counter(name for m in dev2 for name in {s.name for s in m.signals})
+    too_few = {name: positives[name] for name in ROUTING_SIGNALS if positives[name] < 10}
+    assert not too_few, too_few
+    assert sum(any(s.in_quoted_history for s in m.signals) for m in dev2) >= 3
+
+
+def test_dev2_shares_no_text_with_dev_or_test(dev2: list[RoutingGoldMessage]) -> None:
+    """Compared by hash only, so running this never shows a test text."""
+
+    def digest(text: str) -> str:
+        return hashlib.sha256(" ".join(text.lower().split()).encode("utf-8")).hexdigest()
+
+    tuned_on = {digest(m.text) for split in ("dev", "test") for m in load_routing_goldset(split)}
+    assert not {digest(m.text) for m in dev2} & tuned_on
+    assert len({m.text for m in dev2}) == len(dev2)
+
+
+@pytest.mark.parametrize("respell", [lambda t: t, lambda t: "  " + t.upper().replace(" ", "\n ") + " "])
+def test_a_dev2_row_copied_from_dev_is_refused(tmp_path: Path, respell: Callable[[str], str]) -> None:
+    for name in ("dev.jsonl", "test.jsonl"):
+        shutil.copyfile(ROUTING_GOLDSET_DIR / name, tmp_path / name)
+    copied = next(
+        json.loads(line)["text"]
+        for line in (ROUTING_GOLDSET_DIR / "dev.jsonl").read_text(encoding="utf-8").splitlines()
+        if json.loads(line)["source"] == "team"
+    )
+    rows = [
+        json.loads(line)
+        for line in (ROUTING_GOLDSET_DIR / "dev2.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
+    text = respell(copied)
+    rows[4].update(
+        text=text,
+        text_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        signals=[],
+        asks=[],
+        tier="none",
+    )
+    (tmp_path / "dev2.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    with pytest.raises(DataError, match=re.escape("dev2.jsonl:5")) as error:
+        load_routing_goldset("dev2", goldset_dir=tmp_path)
+    assert "also in dev.jsonl" in str(error.value)
+    assert error.value.fix

@@ -93,7 +93,6 @@ POSITIVE = {
         "I want to speak to a manager.",
         "Please escalate this to your supervisor.",
         "Can I talk to someone in charge?",
-        "I asked for a supervisor and was refused.",
         "get me a manager now",
     ],
     "charged_not_delivered": [
@@ -143,6 +142,8 @@ NEGATIVE = [
     ("manager_request", "I spoke with a supervisor who said it would be fixed."),
     ("manager_request", "I don't need to speak to a manager, just fix it."),
     ("manager_request", "My relationship manager sent me the forms."),
+    # A request reported in the past is not a request in this message (GUIDELINES §2.2).
+    ("manager_request", "I asked for a supervisor and was refused."),
     # Negation and third parties for threats; hypotheticals do not cancel threats (see below).
     ("legal_threat", "I don't want to involve a lawyer."),
     ("legal_threat", "My friend said she would sue."),
@@ -173,6 +174,136 @@ NEGATIVE = [
 def test_negative_cases(detector: SignalDetector, signal: str, text: str) -> None:
     found = names(detector, text)
     assert signal not in found, f"{signal} wrongly found in: {text}"
+
+
+# =============================================================================== phrasing families
+# One group per family of phrasings added after the error analysis on the routing dev split.
+# Every sentence here is our own (none is copied from the routing set or a public data set).
+
+FAMILIES = {
+    "public_threat": [
+        # everyone will hear about it
+        "Honestly, everybody is going to hear about how you treated me.",
+        "I'll make sure the whole world knows what your bank did to us.",
+        # a social post that promises more posts
+        "been posting updates on here every day and I will keep posting until it's fixed",
+        # media, with verbs such as escalate / send
+        "I'm sending the whole story to the local TV news tonight.",
+        "This will be escalated to the newspapers if I hear nothing.",
+        # shareholders' meetings
+        "As a shareholder I intend to bring this up at the next annual general meeting.",
+        # posts with a longer gap before the platform
+        "I'll be sharing every letter you sent me, names included, on Reddit.",
+        # non-English
+        "Voy a publicar todo esto en redes sociales.",
+    ],
+    "charged_not_delivered": [
+        "I paid $40 for the card upgrade two weeks ago and it still hasn't turned up.",
+        "The $300 left my account on Monday, but my landlord still hasn't received a penny.",
+        "You charged me $150 a month since March and have not negotiated a single debt.",
+        "El dinero fue debitado de mi cuenta pero mi hermano nunca lo recibió.",
+    ],
+    "repeat_failure": [
+        "After your team fixed my standing order last week, today it's back to the wrong amount.",
+        "Why does my overdraft limit keep reverting to $200?",
+        "The monthly maintenance fee is back, even though you waived it in May.",
+        "You credited the $30 fee and then took it back a week later.",
+        "Every letter asks for the same bank statement I have already sent twice.",
+        "Es la segunda vez que me cobran la misma comisión.",
+        "Ich habe schon wieder eine Sperre auf meiner Karte.",
+    ],
+    "bounced_between_agents": [
+        "That isn't what your colleague said yesterday.",
+        "I was told by one agent that the transfer was cancelled and by another that it went through.",
+        "The branch told me to call the helpline, and the helpline told me to go back to the branch.",
+        "They just keep transferring me to someone else.",
+        "I phoned Monday and was told the card was sent. I phoned Friday and was told it wasn't ordered.",
+    ],
+    "manager_request": [
+        "Please pass my complaint to someone more senior.",
+        "I'd like this escalated to your branch manager.",
+        "I need someone in charge to look at this today.",
+        "Quiero hablar con un supervisor ahora mismo.",
+    ],
+    "regulator_threat": [
+        "CFPB, please make them correct my report.",
+        "CFPB delete these inquiries from my file.",
+        "I will report your bank's practices to the FTC if this continues.",
+        "He presentado una queja ante la Profeco.",
+        "I don't want to go to the CFPB. But if nothing changes by Friday, I will.",
+        "I am copying this letter to the local paper, my congressman, my state senator, the mayor "
+        "and the state attorney general's office.",
+    ],
+    "legal_threat": [
+        "I don't want to involve lawyers. But if you report this balance again, I will.",
+        "Si no lo solucionan, hablaré con mi abogado.",
+    ],
+    "unanswered_contact": [
+        "Your adviser simply stopped returning my calls in March.",
+        "You promised to send the confirmation. No letter ever arrived.",
+        "Je n'ai reçu aucune réponse à mes deux courriers.",
+    ],
+    "long_wait": [
+        "ça fait maintenant six semaines que j'attends ma carte.",
+        "Ich warte seit drei Wochen auf die Überweisung.",
+    ],
+    "hardship": [
+        "I cannot possibly cover a one-off payment that large.",
+        "My only income is my disability pension.",
+        "Perdí mi trabajo en marzo y no puedo pagar la cuota.",
+    ],
+    "vulnerable_customer": [
+        "Mi madre tiene 84 años y la estafaron por teléfono.",
+    ],
+}
+
+
+@pytest.mark.parametrize(("signal", "text"), [(s, t) for s, ts in FAMILIES.items() for t in ts])
+def test_phrasing_families(detector: SignalDetector, signal: str, text: str) -> None:
+    found = detector.detect_text(text)
+    assert signal in {s.name for s in found}, f"{signal} missed in: {text}"
+    assert_round_trip(text, found)
+
+
+FAMILY_NEGATIVES = [
+    # GUIDELINES §2.1 rule 2: the bank's own boilerplate offers a route; it is not the customer's.
+    ("regulator_threat", "If you disagree with our decision, you may refer your complaint to the Ombudsman."),
+    ("manager_request", "You can ask for my manager if you are not happy with this answer."),
+    # A question about what a complaint would do is not a threat (GUIDELINES §2.2).
+    ("regulator_threat", "What would happen if I complained to the CFPB about a different bank?"),
+    # An identity-theft report to the FTC documents fraud; it is not a complaint about the company.
+    ("regulator_threat", "I filed an identity theft report with the FTC and the police."),
+    ("regulator_threat", "I have reached out to the FTC and my local police department."),
+    # Reported past requests and company offers are not manager requests.
+    ("manager_request", "I was transferred to a manager who hung up on me."),
+    ("manager_request", "I tried to reach your executive office twice."),
+    ("manager_request", "I wanted to speak to a supervisor but none was free."),
+    ("manager_request", "I want to speak to someone in the fraud department."),
+    # Someone else's law firm, someone else's hardship, someone else not answering.
+    ("legal_threat", "The collection agency has a law firm threatening to garnish my wages."),
+    ("hardship", "He had fallen behind on his car payments, not me."),
+    ("unanswered_contact", "She stopped answering the collector's calls."),
+    # Things that resemble the new families but are not signals.
+    ("repeat_failure", "My account is back to normal now, thanks."),
+    ("repeat_failure", "The fees were returned to my account after I called."),
+    ("repeat_failure", "I went back to the branch to ask about it."),
+    ("public_threat", "The payment has been posting to the wrong account."),
+    ("public_threat", "I read a lot of reviews before opening the account."),
+    ("charged_not_delivered", "The merchant never shipped the shoes I bought with my card."),
+    ("charged_not_delivered", "I haven't received any acknowledgement of my two letters about the fee."),
+    ("charged_not_delivered", "They did not get the equipment back, so they billed me $200."),
+    ("bounced_between_agents", "I was transferred once to the fraud team and they sorted it out."),
+    ("hardship", "The app says I can't make another payment today."),
+    ("hardship", "I had a minor sports injury last year."),
+    ("long_wait", "I'd rather not pay it and then wait a year for the refund."),
+    ("long_wait", "Espero que la tarjeta llegue en dos semanas."),
+    ("vulnerable_customer", "A senior representative promised to call me."),
+]
+
+
+@pytest.mark.parametrize(("signal", "text"), FAMILY_NEGATIVES)
+def test_family_negatives(detector: SignalDetector, signal: str, text: str) -> None:
+    assert signal not in names(detector, text), f"{signal} wrongly found in: {text}"
 
 
 @pytest.mark.parametrize(
@@ -465,3 +596,220 @@ def test_real_cfpb_narratives() -> None:
         if complaint in filed and "regulator_threat" not in {s.name for s in found}:
             missed.append(complaint.complaint_id)
     assert not missed, f"regulator_threat missed in narratives {missed}"
+
+
+# =============================================================================== generalised families
+# Issue 4: rules fitted to dev's phrasings scored ~0.60 on held-out messages. These paraphrases (written
+# by the team, 8-40 per weak signal: other verbs, nouns, idioms, tenses, lowercase chat, British and
+# American usage) pin the broader families in the lexicon, so a later tuner cannot narrow a family back
+# to one sentence without a test failing. The negatives are the near misses each broadening risks.
+
+GENERALISED_FAMILIES = {
+    "public_threat": [
+        "I'm going public with this.",
+        "im gonna go public about how you treat people",
+        "I went public on Facebook yesterday.",
+        "I'll post about this on Instagram tonight.",
+        "posting this to reddit right now",
+        "Sharing this on TikTok so everyone sees it.",
+        "I will share my story on LinkedIn.",
+        "I have already posted the whole thread on X.",
+        "Next step is YouTube, I'm filming a video about this.",
+        "I'll put this all over social media.",
+        "I'm going to leave a review on Trustpilot.",
+        "I will write a review on Google.",
+        "Expect a one star review on Yelp.",
+        "I'll be telling the news about this.",
+        "I am contacting the press.",
+        "I'll call a reporter at the Times.",
+        "I've reached out to a journalist at the local paper.",
+        "I will go to the media with this.",
+        "I'm telling everyone I know to avoid your bank.",
+        "I will tell all my friends and family about this.",
+        "I'll make sure all my followers know.",
+        "I'll be raising this with your shareholders.",
+        "I'm writing to your board about this.",
+        "Your investors will hear about this.",
+        "I'm making a video about this tonight.",
+        "watch me blow this up on twitter",
+        "I'm contacting consumer watchdog shows like Watchdog on the BBC.",
+        "This is going on my blog.",
+        "i'll drag you on tiktok",
+        "I'm sending my story to the newspaper.",
+        "I have contacted a TV station.",
+        "I'll name and shame you online.",
+        "Everyone on Reddit is going to hear about this.",
+        "I'm going to write about this online.",
+        "I've drafted a review for Google and Trustpilot.",
+    ],
+    "charged_not_delivered": [
+        "I paid $30 for express shipping and the card never arrived.",
+        "You charged me for the replacement card but I never received it.",
+        "The money was taken from my account but the transfer never reached my son.",
+        "$500 was debited on the 2nd and my landlord still hasn't got it.",
+        "I was charged the upgrade fee but my account was never upgraded.",
+        "Funds were deducted but the wire never arrived.",
+        "You took the fee for the premium plan and never activated it.",
+        "I paid off the car in full in June and still haven't received the title.",
+        "The ATM took my card and didn't give me any cash, but the $200 was debited.",
+        "the atm didnt dispense my money but it came out of my account",
+        "I bought a cashier's check and it was never sent to the payee.",
+        "Your app charged me $4.99 for instant transfer and the money still isn't there.",
+        "I sent $800 via your international transfer service, fee taken, recipient got nothing.",
+        "Charged a $15 delivery fee, still no card three weeks later.",
+        "you took my money and i never got the card",
+        "Money gone from my account, transfer still not delivered.",
+        "I paid for overnight delivery of my new checks and they never came.",
+        "The deposit was taken from my savings but the CD was never opened.",
+    ],
+    "long_wait": [
+        "I've been waiting six weeks for my new card.",
+        "It's been over a month and still no refund.",
+        "Three weeks later and still nothing.",
+        "I've waited since March for a reply.",
+        "This has been going on for months.",
+        "still waiting after 4 weeks",
+        "I applied in January and it's now April with no decision.",
+        "Two months on and no update.",
+        "We are now in week five of waiting.",
+        "It has taken more than three weeks so far.",
+        "still no card, it's been 3 weeks",
+        "I've been chasing this since September.",
+        "This has dragged on for six weeks.",
+        "They said 5 working days. That was a month ago.",
+        "over a month and nothing has happened",
+        "I've now waited 21 days for the refund.",
+    ],
+    "bounced_between_agents": [
+        "Every person I speak to tells me something different.",
+        "I've been passed from department to department.",
+        "The branch sent me to the call centre and the call centre sent me back to the branch.",
+        "Your chat says one thing and your phone team says another.",
+        "I get a different story every time I call.",
+        "The first rep said it was approved and the second said it was denied.",
+        "I've spoken to five different agents and none of them could answer my question.",
+        "No two agents have given me the same answer.",
+        "I keep being bounced between fraud and disputes.",
+        "Each department blames the other.",
+        "The fraud team told me to call disputes, and disputes told me to call fraud.",
+        "Nobody can give me a straight answer, I've been transferred three times.",
+        "I was told one thing on the phone and the opposite in branch.",
+        "Your agents keep contradicting each other.",
+        "They keep passing the buck.",
+        "I was sent round in circles.",
+        "It's like a merry-go-round of transfers.",
+    ],
+    "repeat_failure": [
+        "My card was declined again even though you said it was fixed.",
+        "The same error is back on my statement.",
+        "It happened again today.",
+        "This is the fourth time this has happened.",
+        "The problem has come back.",
+        "The new card doesn't work either.",
+        "The fee was refunded and then charged again.",
+        "Once again my direct deposit is missing.",
+        "You fixed it last week and it's broken again.",
+        "The replacement card has the same fault.",
+        "For the third month in a row my payment was misapplied.",
+        "The late mark came back on my credit report after you removed it.",
+        "my transfer failed again, thats twice now",
+        "Here we go again, same problem as last month.",
+        "They reversed the fee and charged it again the next month.",
+        "Yet again my account has been frozen.",
+        "The error reappeared on this month's statement.",
+    ],
+    "unanswered_contact": [
+        "Nobody has got back to me.",
+        "I emailed three times and heard nothing.",
+        "You never called me back.",
+        "I left two voicemails and no one returned my call.",
+        "I'm still waiting for the callback I was promised.",
+        "No one has responded to my complaint.",
+        "I sent a secure message a week ago and got no answer.",
+        "My emails go unanswered.",
+        "You said someone would contact me within 48 hours. Nobody did.",
+        "I wrote to you twice and you ignored me.",
+        "still no reply to my emails",
+        "I've had no acknowledgement of my complaint.",
+        "I was promised a call back on Monday and it never came.",
+        "Not one of my messages has been answered.",
+        "The manager said he'd ring me back and never did.",
+    ],
+    "hardship": [
+        "I lost my job last month.",
+        "I was made redundant in March.",
+        "I've been out of work since January.",
+        "I can't afford these payments anymore.",
+        "We're struggling to pay the mortgage.",
+        "My hours were cut and I can't keep up.",
+        "I'm on medical leave after surgery.",
+        "I was diagnosed with cancer and can't work.",
+        "Money is really tight right now.",
+        "I'm behind on my rent.",
+        "I filed for bankruptcy last year.",
+        "My husband lost his job and we only have my income.",
+        "i got laid off and cant pay",
+        "I am unemployed.",
+        "I can no longer afford the repayments.",
+    ],
+    "vulnerable_customer": [
+        "My mother is 82 and has dementia.",
+        "I'm 71 years old.",
+        "My elderly father was scammed.",
+        "I was tricked into sending money to a scammer.",
+        "My husband passed away last month.",
+        "My dad has Alzheimer's.",
+        "I'm a widow on a fixed income.",
+        "Someone pretending to be from your bank got my details and I sent them money.",
+        "I'm disabled and housebound.",
+        "My grandmother, who is 90, was targeted by a phone scam.",
+        "My wife died in January and I'm trying to sort her accounts.",
+        "I'm a senior citizen.",
+    ],
+    "manager_request": [
+        "I want to speak to a manager.",
+        "Put me through to your supervisor.",
+        "Please escalate this to management.",
+        "Can I speak to someone in charge?",
+        "I need this escalated to someone senior.",
+        "let me talk to ur manager",
+        "I demand to speak with a supervisor.",
+        "Please pass this to a senior manager.",
+        "Get me a manager now.",
+        "I would like my complaint escalated.",
+        "I'd like a supervisor to call me.",
+        "Can a manager call me back?",
+        "Please have a manager contact me.",
+        "I insist on speaking to someone more senior.",
+        "Escalate this please.",
+        "I want a manager to review this.",
+    ],
+}
+GENERALISED_NEGATIVES = [
+    ("public_threat", "I've already put a five-star review on Google for the branch."),
+    ("public_threat", "My daughter wants me to put the whole thing on TikTok, but that's not me."),
+    ("public_threat", "I'm not going to post about this on Facebook, I just want it fixed."),
+    ("public_threat", "The credit reporter that updated my name was the only one."),
+    ("public_threat", "I saw a news station report about overdraft fees."),
+    ("manager_request", "Thank you for offering to have a supervisor call me, but it's not necessary."),
+    ("charged_not_delivered", "My refund has not been processed yet."),
+    ("charged_not_delivered", "This account was not opened by myself and I want the charges investigated."),
+    ("charged_not_delivered", "I mailed my loan payment on the 2nd and it hasn't posted to my account yet."),
+    ("long_wait", "I ordered a card on Tuesday and paid the rush fee. It's Thursday now and nothing yet."),
+    ("long_wait", "The app says it usually takes 3 weeks."),
+    ("repeat_failure", "Once again I informed him that this was not my account."),
+    ("unanswered_contact", "Nobody has ever inspected the house as far as I can tell."),
+    ("unanswered_contact", "If I hear nothing by Friday I will call again."),
+    ("hardship", "The lender has since filed for bankruptcy."),
+    ("bounced_between_agents", "The agent was reading from a script but fixed it in one call."),
+]
+
+
+@pytest.mark.parametrize(("signal", "text"), [(s, t) for s, ts in GENERALISED_FAMILIES.items() for t in ts])
+def test_generalised_families(detector: SignalDetector, signal: str, text: str) -> None:
+    assert signal in names(detector, text)
+
+
+@pytest.mark.parametrize(("signal", "text"), GENERALISED_NEGATIVES)
+def test_generalised_negatives(detector: SignalDetector, signal: str, text: str) -> None:
+    assert signal not in names(detector, text)
