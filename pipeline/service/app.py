@@ -562,6 +562,15 @@ def create_app(settings: ServiceSettings, pipeline: Pipeline | None = None) -> F
         },
     )
     async def give_feedback(body: FeedbackIn, runtime: Runtime) -> FeedbackReceipt:
+        tiers = [tier.name for tier in runtime.pipeline.policy.policy.tiers]
+        if body.tier is not None and body.tier not in tiers:
+            raise ApiError(
+                422,
+                "invalid_request",
+                f"The request does not match the API contract: body.tier: {body.tier!r} is not a tier of "
+                f"the routing policy.",
+                fix=f"use one of {', '.join(tiers)}",
+            )
         try:
             stored: StoredFeedback = await runtime.in_db_thread(runtime.decision_log.record_feedback, body)
         except UnknownDecisionError as exc:
