@@ -49,6 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from pipeline import evaluation  # noqa: E402
 from pipeline.errors import DataError, HearkenError  # noqa: E402
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ log = logging.getLogger("bench_classify")
 
 DEFAULT_OUT = ROOT / "scripts" / "results" / "classify.json"
 QUICK_OUT = Path("/tmp/bench_classify_quick.json")
-ECE_BINS = 15
+ECE_BINS = evaluation.ECE_BINS
 NO_LABEL = "(no label)"
 BASELINE_PREFIX_CHARS = 200
 # [CLS] + 510 tokens + [SEP] = the 512 positions a plain BERT classifier reads.
@@ -164,32 +165,27 @@ def drop_training_overlap(texts: Sequence[str], training_texts: Iterable[str]) -
     return kept, dropped
 
 
-def accuracy(gold: Sequence[str], predicted: Sequence[str | None]) -> float:
-    """Share of exact matches; a missing prediction (None) is wrong."""
+def _check_labels(gold: Sequence[str], predicted: Sequence[str | None], what: str) -> None:
     if len(gold) != len(predicted):
         raise ValueError(f"{len(gold)} gold labels but {len(predicted)} predictions")
     if not gold:
-        raise ValueError("accuracy of an empty set is undefined")
-    return sum(g == p for g, p in zip(gold, predicted, strict=True)) / len(gold)
+        raise ValueError(f"{what} of an empty set is undefined")
+
+
+def accuracy(gold: Sequence[str], predicted: Sequence[str | None]) -> float:
+    """Share of exact matches; a missing prediction (None) is wrong (``pipeline.evaluation``'s)."""
+    _check_labels(gold, predicted, "accuracy")
+    return evaluation.accuracy(gold, predicted)
 
 
 def macro_f1(gold: Sequence[str], predicted: Sequence[str | None]) -> float:
     """F1 averaged over the classes present in ``gold`` (None counts as a wrong label).
 
     Averaging over gold classes only means a label the model predicts but the set never
-    contains costs precision in no class's average, as in ``pipeline.evaluation``.
+    contains costs precision in no class's average, as in ``pipeline.evaluation``, which computes it.
     """
-    if len(gold) != len(predicted):
-        raise ValueError(f"{len(gold)} gold labels but {len(predicted)} predictions")
-    if not gold:
-        raise ValueError("macro-F1 of an empty set is undefined")
-    scores = []
-    for label in sorted(set(gold)):
-        tp = sum(g == label and p == label for g, p in zip(gold, predicted, strict=True))
-        fp = sum(g != label and p == label for g, p in zip(gold, predicted, strict=True))
-        fn = sum(g == label and p != label for g, p in zip(gold, predicted, strict=True))
-        scores.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
-    return float(np.mean(scores))
+    _check_labels(gold, predicted, "macro-F1")
+    return evaluation.macro_f1(evaluation.per_class_metrics(gold, predicted))
 
 
 def expected_calibration_error(
@@ -198,7 +194,8 @@ def expected_calibration_error(
     """ECE over equal-width bins (lo, hi]: sum of |accuracy - mean confidence| weighted by bin share.
 
     Routing thresholds are set on these confidences, so a confidence of 0.8 must be right about
-    80% of the time; ECE says by how much, on average, it is not.
+    80% of the time; ECE says by how much, on average, it is not. The bins and the sum are
+    ``pipeline.evaluation``'s, so this benchmark and `hearken evaluate` report the same number.
     """
     conf = np.asarray(confidences, dtype=np.float64)
     hits = np.asarray(correct, dtype=np.float64)
@@ -208,14 +205,7 @@ def expected_calibration_error(
         raise ValueError("ECE of an empty set is undefined")
     if n_bins < 1 or np.any((conf < 0) | (conf > 1)):
         raise ValueError("confidences must lie in [0, 1] and n_bins must be positive")
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    bins = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
-    total = 0.0
-    for b in range(n_bins):
-        members = bins == b
-        if members.any():
-            total += members.mean() * abs(hits[members].mean() - conf[members].mean())
-    return float(total)
+    return evaluation.expected_calibration_error(evaluation.reliability_bins(conf, hits, n_bins))
 
 
 @dataclass(frozen=True)
