@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.artifact import attach_files
+from pipeline.evaluation import accuracy, per_class_metrics
 from pipeline.policy import PolicyBundle, load_policy
 from pipeline.route_calibration import CALIBRATION_FILE, RouteCalibration, fit_route_calibration
 from pipeline.routing_goldset import RoutingGoldMessage, load_routing_goldset
@@ -84,17 +85,19 @@ def tier_metrics(
 ) -> dict[str, Any]:
     """Accuracy, escalation-tier recall and precision, per-tier scores and the confusion counts."""
     pairs = list(zip(gold, predicted, strict=True))
-    tiers = sorted({*gold, *(p for p in predicted if p is not None)})
-    per_tier = {}
-    for tier in tiers:
-        tp = sum(g == tier and p == tier for g, p in pairs)
-        fp = sum(g != tier and p == tier for g, p in pairs)
-        fn = sum(g == tier and p != tier for g, p in pairs)
-        per_tier[tier] = PRF.of(tp, fp, fn).__dict__
+    per_tier = {
+        tier: {
+            "precision": round(m.precision, 4),
+            "recall": round(m.recall, 4),
+            "f1": round(m.f1, 4),
+            "support": m.support,
+        }
+        for tier, m in per_class_metrics(gold, predicted).items()
+    }
     escalation = per_tier.get(escalation_tier, PRF(0.0, 0.0, 0.0, 0).__dict__)
     return {
         "n": len(pairs),
-        "accuracy": round(sum(g == p for g, p in pairs) / max(len(pairs), 1), 4),
+        "accuracy": round(accuracy(gold, predicted), 4),
         "escalation_tier": escalation_tier,
         "escalation_recall": escalation["recall"],
         "escalation_precision": escalation["precision"],
