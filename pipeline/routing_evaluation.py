@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifact import attach_files
+from pipeline.artifact import attach_files, load_model
+from pipeline.basemodel import offline
+from pipeline.encoder import load_tokenizer
 from pipeline.evaluation import accuracy, per_class_metrics
 from pipeline.policy import PolicyBundle, load_policy
 from pipeline.route_calibration import CALIBRATION_FILE, RouteCalibration, fit_route_calibration
@@ -225,12 +227,13 @@ def calibrate_model(
     if split == "test":
         raise ValueError("the test split is for the final number only; calibrate on dev")
     bundle: PolicyBundle = load_policy(policy) if policy is not None else _folder_policy(folder)
-    pipeline = Pipeline.from_folder(folder, policy=bundle.folder / "policy.yaml")
+    offline()
+    model = load_model(folder)
     raw_pipeline = Pipeline(
-        pipeline.config,
-        pipeline.encoder.net,
-        pipeline.encoder.tokenizer,
-        pipeline.model_version,
+        model.config,
+        model.net,
+        load_tokenizer(model.tokenizer_path),
+        model.manifest.model_version,
         policy=bundle,
         calibration=None,
     )
