@@ -27,8 +27,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from transformers import BertConfig
 
+from pipeline.bert import BertSettings, describe_state_mismatch
 from pipeline.config import PipelineConfig
 from pipeline.encoder import HeadSpec, HearkenNet
 from pipeline.errors import ModelLoadError
@@ -160,7 +160,7 @@ def save_model(
         )
         (staging / CONFIG).write_text(config.model_dump_json(indent=2) + "\n")
         (staging / HEADS).write_text(json.dumps([h.model_dump() for h in heads], indent=2) + "\n")
-        (staging / ENCODER_CONFIG).write_text(net.encoder.config.to_json_string())
+        (staging / ENCODER_CONFIG).write_text(json.dumps(net.encoder.settings.to_dict(), indent=2))
         shutil.copyfile(tokenizer_file, staging / TOKENIZER)
         (staging / METRICS).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         (staging / CARD).write_text(card)
@@ -246,31 +246,23 @@ def load_model(folder: Path | str | None = None) -> LoadedModel:
         heads = [HeadSpec.model_validate(h) for h in _read_json(folder, HEADS)]
     except ValidationError as exc:
         raise _fail(folder, f"config or heads invalid: {exc.errors()[0]['msg']}") from exc
+    encoder_values = _read_json(folder, ENCODER_CONFIG)
+    if not isinstance(encoder_values, dict):
+        raise _fail(folder, f"{ENCODER_CONFIG} is not a JSON object")
     try:
-        bert_config = BertConfig.from_dict(_read_json(folder, ENCODER_CONFIG))
-    except (TypeError, ValueError) as exc:
-        raise _fail(folder, f"{ENCODER_CONFIG} is not a BERT config ({exc})") from exc
-    net = HearkenNet(bert_config, heads)
+        bert_settings = BertSettings.from_dict(encoder_values)
+    except ModelLoadError as exc:
+        raise _fail(folder, f"{ENCODER_CONFIG}: {exc.message.rstrip('.')}") from exc
+    # Every parameter is about to be replaced by a saved tensor: skip BERT's random initialisation.
+    # (Not the meta device: its torch-function mode imports torch._dynamo, over a second.)
+    net = HearkenNet(bert_settings, heads, initialise=False)
     try:
         state = load_file(str(folder / WEIGHTS))
     except (SafetensorError, OSError) as exc:
         raise _fail(folder, f"{WEIGHTS} is not a readable safetensors file ({exc})") from exc
-    expected_state = net.state_dict()
-    missing = sorted(set(expected_state) - set(state))
-    unexpected = sorted(set(state) - set(expected_state))
-    if missing or unexpected:
-        raise _fail(
-            folder,
-            f"weights do not match the heads/config (missing {missing[:3]}, unexpected {unexpected[:3]})",
-        )
-    for key, tensor in state.items():
-        if tuple(tensor.shape) != tuple(expected_state[key].shape):
-            raise _fail(
-                folder,
-                f"weight {key} has shape {tuple(tensor.shape)}, expected {tuple(expected_state[key].shape)}",
-            )
-        if not torch.isfinite(tensor.float()).all():
-            raise _fail(folder, f"weight {key} contains NaN or infinite values")
+    problem = describe_state_mismatch(net, state)
+    if problem is not None:
+        raise _fail(folder, f"weights do not match the heads/config: {problem}")
     net.load_state_dict({k: v.float() for k, v in state.items()})
     net.eval()
     metrics = _read_json(folder, METRICS)

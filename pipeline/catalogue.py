@@ -35,14 +35,15 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from spacy.lang.en import English
 from spacy.matcher import PhraseMatcher
 from spacy.tokens import Doc, Span
 from spacy.util import filter_spans
 
+from pipeline.english import shared_english
 from pipeline.errors import ConfigError
 from pipeline.schema import Mention
 from pipeline.textmap import MappedText
+from pipeline.yamlfile import parse_yaml
 
 DEFAULT_CATALOGUE = Path(__file__).resolve().parent / "policies" / "consumer_finance" / "catalogue.yaml"
 
@@ -185,7 +186,7 @@ def load_catalogue(path: Path | str | None = None, allowed_labels: Iterable[str]
     """
     path = Path(path) if path is not None else DEFAULT_CATALOGUE
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = parse_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ConfigError(
             f"Catalogue file {path} not found.", fix="point the policy at an existing catalogue YAML"
@@ -211,7 +212,7 @@ class MentionFinder:
 
     def __init__(self, catalogue: Catalogue) -> None:
         self.catalogue = catalogue
-        self.nlp = English()  # tokenizer only: the same rules as the segmenter's blank English
+        self.nlp = shared_english()  # tokenizer only: the same rules as the segmenter's
         self.matcher = PhraseMatcher(self.nlp.vocab, attr="LOWER")
         for entry in catalogue.products:
             self.matcher.add(entry.id, list(self.nlp.tokenizer.pipe(entry.aliases)))

@@ -27,9 +27,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from tokenizers import Tokenizer
 from torch import nn
-from transformers import BertConfig, BertModel
 
+from pipeline.bert import BertEncoder, BertSettings
 from pipeline.config import EncoderConfig
+from pipeline.errors import ModelLoadError
 from pipeline.runtime import configure_threads, inference_context, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -56,10 +57,16 @@ class HeadSpec(BaseModel):
 class HearkenNet(nn.Module):
     """A BERT encoder with small MLP heads over pooled sentence pieces and whole messages."""
 
-    def __init__(self, bert_config: BertConfig, heads: Sequence[HeadSpec], head_dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        bert_settings: BertSettings,
+        heads: Sequence[HeadSpec],
+        head_dropout: float = 0.1,
+        initialise: bool = True,
+    ) -> None:
         super().__init__()
-        self.encoder = BertModel(bert_config, add_pooling_layer=False)
-        hidden = bert_config.hidden_size
+        self.encoder = BertEncoder(bert_settings, initialise=initialise)
+        hidden = bert_settings.hidden_size
         self.head_specs = {h.name: h for h in heads}
         self.heads = nn.ModuleDict(
             {
@@ -89,7 +96,7 @@ class HearkenNet(nn.Module):
         token of a message is pooled exactly once however the windows overlap. Message sums are
         returned un-normalised so that a long message spread over several batches can be summed.
         """
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = self.encoder(input_ids, attention_mask)
         hidden = hidden.float()
         flat_hidden = hidden.reshape(-1, hidden.shape[-1])
         flat_index = piece_index.reshape(-1)
@@ -303,11 +310,32 @@ class TextEncoder:
         self.tokenizer = tokenizer
         self.config = config
         self.precision = resolve_precision(config.precision)
+        if self.precision == "fp32" and any(p.dtype == torch.bfloat16 for p in net.parameters()):
+            raise ModelLoadError(
+                "This network's matmul weights were stored in bf16 for a bf16 pipeline; fp32 "
+                "inference on them would not be fp32.",
+                fix="load the model folder again (Pipeline.from_folder) for an fp32 pipeline",
+            )
         configure_threads(config.num_threads)
         self.cls_id = self._special_id("[CLS]")
         self.sep_id = self._special_id("[SEP]")
         self.pad_id = self._special_id("[PAD]")
         self.head_specs = dict(net.head_specs)
+
+    def store_weights_for_precision(self) -> None:
+        """On the bf16 path, keep every Linear layer's weights in bf16 instead of casting per call.
+
+        Autocast runs each matmul in bf16 by casting its fp32 weight on every forward pass (about
+        10 M values per pass, a noticeable share of a one-message request). Storing the weights
+        already rounded to bf16 gives bit-identical arithmetic without that cost. LayerNorm and
+        embeddings stay fp32, as autocast would keep them. Only for networks that are no longer
+        trained: call it on a loaded model, never on one in training.
+        """
+        if self.precision != "bf16":
+            return
+        for module in self.net.modules():
+            if isinstance(module, nn.Linear):
+                module.to(torch.bfloat16)
 
     def _special_id(self, token: str) -> int:
         token_id = self.tokenizer.token_to_id(token)
@@ -355,7 +383,7 @@ class TextEncoder:
         piece_logits: dict[str, list[list[tuple[int, np.ndarray]]]] = {
             name: [[] for _ in range(n_msgs)] for name in sentence_heads
         }
-        hidden_size = self.net.encoder.config.hidden_size
+        hidden_size = self.net.encoder.settings.hidden_size
         message_sum = torch.zeros(n_msgs, hidden_size)
         message_count = torch.zeros(n_msgs)
         size = self.config.batch_size

@@ -7,12 +7,14 @@ that ships as an LZMA-compressed npz read with ``allow_pickle=False``), restrict
 languages a helpdesk actually receives, because restricting the candidates is what keeps short
 messages ("thx", "card not working") from being called Croatian.
 
-Loading the identifier takes a second or two (decompression), so it happens on a background
-thread started when the pipeline is built; the first message waits only for what is left.
+Loading the identifier takes about half a second (LZMA decompression, which releases the GIL),
+so it happens once per process on a background thread, started by ``start_loading_identifier``
+as the very first step of building a pipeline; the first message waits only for what is left.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 import threading
@@ -52,30 +54,64 @@ class LanguageConfig(BaseModel):
     )
 
 
+class _IdentifierLoad:
+    """The process-wide py3langid model, loaded once on a background thread."""
+
+    def __init__(self) -> None:
+        self.identifier: Any = None
+        self.error: BaseException | None = None
+        self.ready = threading.Event()
+        self._started = False
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        threading.Thread(target=self._load, name="hearken-langid", daemon=True).start()
+
+    def _load(self) -> None:
+        try:
+            from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+            self.identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+        except Exception as exc:  # reported on first use, where it can name the fix
+            self.error = exc
+        finally:
+            self.ready.set()
+
+    def restricted_to(self, candidates: list[str]) -> Any:
+        """A detector-private view of the shared model restricted to ``candidates``.
+
+        ``set_languages`` only rebinds a few attributes to slices of the full model, so a shallow
+        copy keeps detectors with different candidate lists from disturbing each other.
+        """
+        self.start()
+        self.ready.wait()
+        if self.identifier is None:
+            return None
+        identifier = copy.copy(self.identifier)
+        identifier.set_languages(candidates)
+        return identifier
+
+
+_SHARED_LOAD = _IdentifierLoad()
+
+
+def start_loading_identifier() -> None:
+    """Begin loading the language identifier in the background (idempotent, returns at once)."""
+    _SHARED_LOAD.start()
+
+
 class LanguageDetector:
     """Tells the language of a text; the identifier loads in the background."""
 
     def __init__(self, config: LanguageConfig | None = None) -> None:
         self.config = config or LanguageConfig()
         self._identifier: Any = None
-        self._error: BaseException | None = None
-        self._ready = threading.Event()
         if self.config.enabled:
-            threading.Thread(target=self._load, name="hearken-langid", daemon=True).start()
-        else:
-            self._ready.set()
-
-    def _load(self) -> None:
-        try:
-            from py3langid.langid import MODEL_FILE, LanguageIdentifier
-
-            identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
-            identifier.set_languages(self.config.candidates)
-            self._identifier = identifier
-        except Exception as exc:  # reported on first use, where it can name the fix
-            self._error = exc
-        finally:
-            self._ready.set()
+            start_loading_identifier()
 
     def detect(self, text: str) -> tuple[str, float | None]:
         """``(language, probability)``; probability is None when the text was too short to tell."""
@@ -84,12 +120,13 @@ class LanguageDetector:
         cleaned = _TOKENS.sub(" ", text)
         if len(_LETTERS.findall(cleaned)) < self.config.min_letters:
             return self.config.default, None
-        self._ready.wait()
+        if self._identifier is None:
+            self._identifier = _SHARED_LOAD.restricted_to(self.config.candidates)
         if self._identifier is None:
             from pipeline.errors import ConfigError
 
             raise ConfigError(
-                f"The language identifier could not be loaded ({self._error}).",
+                f"The language identifier could not be loaded ({_SHARED_LOAD.error}).",
                 fix="reinstall Hearken's dependencies (`pip install -e .` installs py3langid), or set "
                 "language.enabled: false in the pipeline config",
             )

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from pipeline.errors import ConfigError
 from pipeline.schema import RouteResult, Signal
+from pipeline.yamlfile import parse_yaml
 
 POLICY_DIR = Path(__file__).resolve().parent / "policies"
 DEFAULT_POLICY = POLICY_DIR / "consumer_finance" / "policy.yaml"
@@ -232,7 +233,7 @@ def load_policy(path: Path | str | None = None) -> PolicyBundle:
             fix=f"pass an existing policy YAML (the default is {DEFAULT_POLICY})",
         ) from exc
     try:
-        raw = yaml.safe_load(text) or {}
+        raw = parse_yaml(text) or {}
         policy = RoutingPolicy.model_validate(raw)
     except yaml.YAMLError as exc:
         raise ConfigError(

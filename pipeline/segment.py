@@ -32,6 +32,8 @@ from spacy.language import Language
 from spacy.matcher import Matcher
 from spacy.tokens import Doc
 
+from pipeline.english import shared_english
+
 RULES_COMPONENT = "hearken_sentence_rules_v1"
 CHAT_COMPONENT = "hearken_chat_cues_v1"
 
@@ -536,7 +538,7 @@ class Segmenter:
 
     def __init__(self, config: SegmenterConfig | None = None) -> None:
         self.config = config or SegmenterConfig()
-        self.nlp = spacy.blank("en")
+        self.nlp = spacy.blank("en", vocab=shared_english().vocab)
         self.nlp.add_pipe(
             RULES_COMPONENT,
             config={

@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import spacy
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from spacy.attrs import IDX, LENGTH
@@ -48,11 +47,13 @@ from spacy.language import Language
 from spacy.matcher import Matcher, PhraseMatcher
 from spacy.tokens import Doc, Span, Token
 
+from pipeline.english import shared_english
 from pipeline.errors import ConfigError
 from pipeline.normalise import NormalisedMessage, Normaliser
 from pipeline.schema import Signal
 from pipeline.segment import Segmenter, Sentence
 from pipeline.textmap import MappedText
+from pipeline.yamlfile import parse_yaml
 
 #: The lexicon that implements ROUTING_POLICY §4 for the default consumer-finance helpdesk.
 DEFAULT_LEXICON_PATH = Path(__file__).resolve().parent / "policies" / "consumer_finance" / "signals.yaml"
@@ -482,9 +483,8 @@ def pattern_gates(pattern: list[dict[str, Any]]) -> tuple[frozenset[str], ...]:
 # =============================================================================== loading
 
 
-@lru_cache(maxsize=1)
 def _validation_vocab() -> Language:
-    return spacy.blank("en")
+    return shared_english()
 
 
 def _key_path(loc: Sequence[int | str]) -> str:
@@ -524,7 +524,7 @@ def load_signal_lexicon(path: Path | str) -> SignalLexicon:
     """Read and validate a signal lexicon YAML; every problem is a ``ConfigError`` naming file and key."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = parse_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError as error:
         raise ConfigError(
             f"Signal lexicon {path} does not exist.",
@@ -686,7 +686,7 @@ class SignalDetector:
     def __init__(self, lexicon: SignalLexicon, config: SignalConfig | None = None) -> None:
         self.lexicon = lexicon
         self.config = config or SignalConfig()
-        self.nlp = spacy.blank("en")
+        self.nlp = shared_english()
         self.phrase_matcher = PhraseMatcher(self.nlp.vocab, attr="LOWER")
         self._entries: dict[int, _Compiled] = {}
         self._patterns: dict[str, list[_TokenPattern]] = {}

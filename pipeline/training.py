@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import logging
 import math
 import random
@@ -24,8 +25,9 @@ import numpy as np
 import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors.torch import load_file
 from tqdm import tqdm
-from transformers import BertConfig, BertModel, get_linear_schedule_with_warmup
+from transformers import get_linear_schedule_with_warmup
 
 from pipeline import corpora
 from pipeline.artifact import BaseModelInfo, DataFingerprint, save_model, sha256_file
@@ -36,6 +38,7 @@ from pipeline.basemodel import (
     base_package_version,
     offline,
 )
+from pipeline.bert import BertSettings
 from pipeline.config import PipelineConfig
 from pipeline.datadir import resolve_data_dir
 from pipeline.encoder import HeadSpec, HearkenNet, TextEncoder, Window, collate, load_tokenizer, softmax
@@ -45,6 +48,7 @@ from pipeline.runtime import configure_threads, resolve_precision
 from pipeline.schema import Message, TriageResult
 from pipeline.trainset import IGNORE, IntentDataset, TrainingData, TrainingMessage, build_training_data
 from pipeline.triage import Pipeline
+from pipeline.yamlfile import parse_yaml
 
 log = logging.getLogger(__name__)
 DEFAULT_TRAIN_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
@@ -140,7 +144,7 @@ def load_train_config(path: Path | str | None) -> TrainConfig:
     """Read a YAML/JSON training config; unknown keys are errors that name the key."""
     path = Path(path) if path is not None else DEFAULT_TRAIN_CONFIG
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = parse_yaml(path.read_text()) or {}
         return TrainConfig.model_validate(raw)
     except FileNotFoundError as exc:
         raise ConfigError(
@@ -160,21 +164,20 @@ def seed_everything(seed: int) -> random.Random:
 def build_net(init: EncoderInit, heads: Sequence[HeadSpec]) -> HearkenNet:
     """The network with the pretrained (or a tiny random) encoder and fresh heads."""
     base = base_model_dir()
+    base_settings = BertSettings.from_dict(json.loads((base / "config.json").read_text()))
     if init.kind == "pretrained":
-        bert_config = BertConfig.from_pretrained(base)
-        net = HearkenNet(bert_config, heads)
-        pretrained = BertModel.from_pretrained(base, add_pooling_layer=False)
-        net.encoder.load_state_dict(pretrained.state_dict())
+        net = HearkenNet(base_settings, heads)
+        net.encoder.load_checkpoint(load_file(str(base / "model.safetensors")))
     else:
-        bert_config = BertConfig(
-            vocab_size=BertConfig.from_pretrained(base).vocab_size,
+        tiny = BertSettings(
+            vocab_size=base_settings.vocab_size,
             hidden_size=init.hidden_size,
             num_hidden_layers=init.layers,
             num_attention_heads=init.attention_heads,
             intermediate_size=init.hidden_size * 4,
             max_position_embeddings=512,
         )
-        net = HearkenNet(bert_config, heads)
+        net = HearkenNet(tiny, heads)
     return net
 
 

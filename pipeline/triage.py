@@ -24,7 +24,7 @@ from pipeline.catalogue import MentionFinder, load_catalogue, settle_product
 from pipeline.config import PipelineConfig
 from pipeline.encoder import EncoderOutput, HearkenNet, TextEncoder, load_tokenizer
 from pipeline.errors import HearkenError, InputError
-from pipeline.language import LanguageDetector
+from pipeline.language import LanguageDetector, start_loading_identifier
 from pipeline.normalise import NormalisedMessage, Normaliser, check_text
 from pipeline.policy import (
     POLICY_FILE,
@@ -130,6 +130,7 @@ class Pipeline:
         fitted for exactly that policy.
         """
         offline()
+        start_loading_identifier()  # overlaps its decompression with loading the model
         model = load_model(folder)
         if policy is not None:
             bundle = load_policy(policy)
@@ -148,6 +149,7 @@ class Pipeline:
             policy=bundle,
             calibration=calibration,
         )
+        pipeline.encoder.store_weights_for_precision()  # the folder's network is ours alone
         pipeline.loaded = model
         return pipeline
 

@@ -766,7 +766,7 @@ def transformers_classifier(pipeline: Pipeline) -> Any:
     if pipeline.loaded is None:
         raise DataError("The pipeline has no model folder.", fix="build it with Pipeline.from_folder")
     encoder = pipeline.encoder.net.encoder
-    config = BertConfig.from_dict(encoder.config.to_dict())
+    config = BertConfig.from_dict(encoder.settings.to_dict())
     intent = pipeline.encoder.head_specs.get("intent")
     config.num_labels = len(intent.labels) if intent is not None else 2
     model = BertForSequenceClassification(config)
@@ -775,7 +775,7 @@ def transformers_classifier(pipeline: Pipeline) -> Any:
         raise DataError(
             f"The encoder weights do not fit BertForSequenceClassification (missing {missing}, "
             f"unexpected {unexpected}).",
-            fix="check that the model's encoder is a BertModel",
+            fix="check that the model's encoder weights use transformers' BertModel names",
         )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=load_tokenizer(pipeline.loaded.tokenizer_path),

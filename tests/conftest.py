@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import BertConfig
 
 from pipeline.artifact import BaseModelInfo, save_model
 from pipeline.basemodel import BASE_MODEL_NAME, BASE_MODEL_PACKAGE, base_model_dir
+from pipeline.bert import BertSettings
 from pipeline.config import PipelineConfig
 from pipeline.encoder import HeadSpec, HearkenNet
 
@@ -31,7 +31,7 @@ def build_tiny_model(
 ) -> Path:
     """Write a complete, verifiable model folder with a random 2-layer encoder."""
     torch.manual_seed(0)
-    bert = BertConfig(
+    bert = BertSettings(
         vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
     )
     net = HearkenNet(bert, heads or TINY_HEADS)

@@ -4,6 +4,7 @@ guidelines say (cases written by the team), including on real hand-labelled mess
 from __future__ import annotations
 
 import pytest
+import torch
 
 from pipeline.artifact import DEFAULT_MODEL_DIR, load_model
 from pipeline.contract import assert_model_contract
@@ -108,14 +109,14 @@ def test_hand_labelled_dev_split_floor(default_pipeline):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_both_precisions_agree_on_the_top_ask(default_pipeline, precision):
-    from pipeline.encoder import TextEncoder
+def test_both_precisions_agree_on_the_top_ask(default_pipeline, precision, monkeypatch):
     from pipeline.triage import Pipeline
 
-    config = default_pipeline.config.model_copy(deep=True)
-    config.encoder.precision = precision
-    other = Pipeline(config, default_pipeline.encoder.net, default_pipeline.encoder.tokenizer, "probe")
-    assert isinstance(other.encoder, TextEncoder) and other.precision == precision
+    monkeypatch.setenv("HEARKEN_PRECISION", precision)
+    other = Pipeline.from_folder(default_pipeline.loaded.folder)
+    assert other.precision == precision
+    weight = other.encoder.net.encoder.encoder.layer[0].attention.self.query.weight
+    assert weight.dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
     text = "My card was swallowed by the ATM on Friday. Can you send me a new one to my home address?"
     assert (
         top_ask(other, text)

@@ -7,11 +7,12 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from transformers import BertConfig
 
 from pipeline.basemodel import base_model_dir
+from pipeline.bert import BertSettings
 from pipeline.config import EncoderConfig
 from pipeline.encoder import HeadSpec, HearkenNet, TextEncoder, load_tokenizer, plan_windows
+from pipeline.errors import ModelLoadError
 
 HEADS = [
     HeadSpec(name="ask", level="sentence", kind="binary", labels=["not_ask", "ask"]),
@@ -20,9 +21,11 @@ HEADS = [
 ]
 
 
-def tiny_encoder(batch_size: int = 8, window: int = 64, overlap: int = 8) -> TextEncoder:
+def tiny_encoder(
+    batch_size: int = 8, window: int = 64, overlap: int = 8, precision: str = "fp32"
+) -> TextEncoder:
     torch.manual_seed(0)
-    config = BertConfig(
+    config = BertSettings(
         vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
     )
     net = HearkenNet(config, HEADS)
@@ -30,7 +33,10 @@ def tiny_encoder(batch_size: int = 8, window: int = 64, overlap: int = 8) -> Tex
         net,
         load_tokenizer(base_model_dir() / "tokenizer.json"),
         EncoderConfig(
-            max_window_tokens=window, window_overlap_tokens=overlap, batch_size=batch_size, precision="fp32"
+            max_window_tokens=window,
+            window_overlap_tokens=overlap,
+            batch_size=batch_size,
+            precision=precision,
         ),
     )
 
@@ -113,3 +119,31 @@ def test_padding_to_a_multiple_bounds_shapes_without_changing_predictions():
     for a, b in zip(exact, padded, strict=True):
         np.testing.assert_allclose(a.sentence_probs["ask"], b.sentence_probs["ask"], atol=1e-5)
         np.testing.assert_allclose(a.message_probs["product"], b.message_probs["product"], atol=1e-5)
+
+
+def test_bf16_weights_stored_once_give_the_same_outputs_as_autocast_casting_per_call():
+    texts = ["Where is my card?", "I was charged twice for one coffee at the airport. Please refund it."]
+    spans = [[(0, 17)], [(0, 48), (49, 68)]]
+    encoder = tiny_encoder(precision="bf16")
+    per_call = encoder.encode(texts, spans)
+    encoder.store_weights_for_precision()
+    linear = encoder.net.encoder.encoder.layer[0].intermediate.dense
+    assert linear.weight.dtype == torch.bfloat16
+    assert encoder.net.encoder.embeddings.LayerNorm.weight.dtype == torch.float32
+    stored = encoder.encode(texts, spans)
+    for a, b in zip(per_call, stored, strict=True):
+        np.testing.assert_array_equal(a.sentence_probs["ask"], b.sentence_probs["ask"])
+        np.testing.assert_array_equal(a.message_probs["product"], b.message_probs["product"])
+
+
+def test_fp32_encoder_refuses_a_network_whose_weights_were_stored_in_bf16():
+    encoder = tiny_encoder(precision="bf16")
+    encoder.store_weights_for_precision()
+    with pytest.raises(ModelLoadError, match="load the model folder again"):
+        TextEncoder(encoder.net, encoder.tokenizer, encoder.config.model_copy(update={"precision": "fp32"}))
+
+
+def test_fp32_encoder_keeps_fp32_weights():
+    encoder = tiny_encoder(precision="fp32")
+    encoder.store_weights_for_precision()
+    assert all(p.dtype == torch.float32 for p in encoder.net.parameters())
