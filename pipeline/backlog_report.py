@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -62,11 +63,7 @@ class RouteTally(BaseModel):
             self.routed += 1
             self.human_review += row.needs_human_review
             now = {"tier": row.tier, "queue": row.queue, "product": row.product}
-            for counts, dimension in (
-                (self.tiers, "tier"),
-                (self.queues, "queue"),
-                (self.products, "product"),
-            ):
+            for dimension, counts in self.counts_by_dimension.items():
                 label = now[dimension] or NONE_LABEL
                 counts[label] = counts.get(label, 0) + 1
             for dimension, before in row.previous.items():
@@ -76,6 +73,15 @@ class RouteTally(BaseModel):
                 move.count += 1
                 if len(move.examples) < MAX_EXAMPLES and row.id is not None:
                     move.examples.append(row.id)
+
+    @property
+    def counts_by_dimension(self) -> dict[str, dict[str, int]]:
+        """Rows per label for each of ``DIMENSIONS``, in that order.
+
+        The tally's own dicts, not copies: ``update`` counts into them and the reports and the
+        chart read them, so all three walk the dimensions in one order.
+        """
+        return {"tier": self.tiers, "queue": self.queues, "product": self.products}
 
     @property
     def human_review_share(self) -> float:
@@ -116,6 +122,37 @@ def _md(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+@dataclass(frozen=True)
+class MoveTable:
+    """One dimension's moves as the reports show them: in report order, with the rows that changed."""
+
+    dimension: str
+    moves: list[Move]
+    changed: int
+    compared: int
+
+
+def _tabulate_moves(tally: RouteTally) -> list[MoveTable]:
+    """A table for each dimension the input carried (none when it carried no route).
+
+    Counted once here so that the Markdown and the HTML report can never disagree on a number.
+    """
+    tables = []
+    for dimension in DIMENSIONS:
+        moves = tally.moves.get(dimension)
+        if not moves:
+            continue
+        tables.append(
+            MoveTable(
+                dimension=dimension,
+                moves=_sorted_moves(moves),
+                changed=sum(m.count for m in moves.values() if m.source != m.target),
+                compared=sum(m.count for m in moves.values()),
+            )
+        )
+    return tables
+
+
 def render_markdown(tally: RouteTally, context: ReportContext) -> str:
     """The report as Markdown (tables only, readable in a terminal and on a code host)."""
     total = tally.routed
@@ -129,15 +166,11 @@ def render_markdown(tally: RouteTally, context: ReportContext) -> str:
         + (f" (see `{context.rejects}`)" if tally.rejected and context.rejects else ""),
         f"- needs human review: **{tally.human_review}** ({_share(tally.human_review, total)})",
     ]
-    for title, counts in (("Tier", tally.tiers), ("Queue", tally.queues), ("Product", tally.products)):
-        lines += ["", f"## Per {title.lower()}", "", f"| {title.lower()} | rows | share |", "|---|---:|---:|"]
+    for title, counts in tally.counts_by_dimension.items():
+        lines += ["", f"## Per {title}", "", f"| {title} | rows | share |", "|---|---:|---:|"]
         lines += [f"| {_md(label)} | {n} | {_share(n, total)} |" for label, n in _sorted_counts(counts)]
-    for dimension in DIMENSIONS:
-        moves = tally.moves.get(dimension)
-        if not moves:
-            continue
-        changed = sum(m.count for m in moves.values() if m.source != m.target)
-        compared = sum(m.count for m in moves.values())
+    for table in _tabulate_moves(tally):
+        changed, compared, dimension = table.changed, table.compared, table.dimension
         lines += [
             "",
             f"## Moves: {dimension}",
@@ -150,7 +183,7 @@ def render_markdown(tally: RouteTally, context: ReportContext) -> str:
         lines += [
             f"| {_md(m.source)} | {_md(m.target)}{_unchanged(m)} | {m.count} | "
             f"{', '.join('`' + _md(e) + '`' for e in m.examples)} |"
-            for m in _sorted_moves(moves)
+            for m in table.moves
         ]
     if not tally.moves:
         lines += [
@@ -167,8 +200,8 @@ def render_chart(tally: RouteTally) -> bytes:
 
     figure = Figure(figsize=(12, 4), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
-    panels = (("tier", tally.tiers), ("queue", tally.queues), ("product", tally.products))
-    for axis, (title, counts) in zip(figure.subplots(1, 3), panels, strict=True):
+    panels = tally.counts_by_dimension.items()
+    for axis, (title, counts) in zip(figure.subplots(1, len(panels)), panels, strict=True):
         top = _sorted_counts(counts)[:_CHART_TOP][::-1]
         axis.barh([label[:28] for label, _ in top], [n for _, n in top], color="#4C72B0")
         axis.set_title(f"rows per {title}")
@@ -201,19 +234,15 @@ def render_html(tally: RouteTally, context: ReportContext) -> str:
         "</ul>",
         f'<img alt="rows per tier, queue and product" src="data:image/png;base64,{chart}">',
     ]
-    for title, counts in (("tier", tally.tiers), ("queue", tally.queues), ("product", tally.products)):
+    for title, counts in tally.counts_by_dimension.items():
         parts.append(f"<h2>Per {title}</h2><table><tr><th>{title}</th><th>rows</th><th>share</th></tr>")
         parts += [
             f'<tr><td>{esc(label)}</td><td class="n">{n}</td><td class="n">{_share(n, total)}</td></tr>'
             for label, n in _sorted_counts(counts)
         ]
         parts.append("</table>")
-    for dimension in DIMENSIONS:
-        moves = tally.moves.get(dimension)
-        if not moves:
-            continue
-        changed = sum(m.count for m in moves.values() if m.source != m.target)
-        compared = sum(m.count for m in moves.values())
+    for table in _tabulate_moves(tally):
+        changed, compared, dimension = table.changed, table.compared, table.dimension
         parts.append(
             f"<h2>Moves: {dimension}</h2><p>{changed} of {compared} rows change {dimension} "
             f"({_share(changed, compared)}).</p>"
@@ -223,7 +252,7 @@ def render_html(tally: RouteTally, context: ReportContext) -> str:
             f"<tr><td>{esc(m.source)}</td><td>{esc(m.target)}{_unchanged(m)}"
             f'</td><td class="n">{m.count}</td><td>{", ".join(f"<code>{esc(e)}</code>" for e in m.examples)}'
             "</td></tr>"
-            for m in _sorted_moves(moves)
+            for m in table.moves
         ]
         parts.append("</table>")
     if not tally.moves:

@@ -150,12 +150,16 @@ class BertSelfAttention(nn.Module):
         return context.transpose(1, 2).reshape(batch, tokens, self.heads * self.head_size)
 
 
-class BertSelfOutput(nn.Module):
-    """Projection after attention, dropout, residual and LayerNorm."""
+class BertResidualOutput(nn.Module):
+    """Projection back to the hidden width, dropout, residual and LayerNorm.
 
-    def __init__(self, settings: BertSettings) -> None:
+    Both sub-blocks of a layer end this way: after attention (from ``hidden_size``) and after
+    the feed-forward expansion (from ``intermediate_size``).
+    """
+
+    def __init__(self, settings: BertSettings, in_features: int) -> None:
         super().__init__()
-        self.dense = nn.Linear(settings.hidden_size, settings.hidden_size)
+        self.dense = nn.Linear(in_features, settings.hidden_size)
         self.LayerNorm = nn.LayerNorm(settings.hidden_size, eps=settings.layer_norm_eps)
         self.dropout = nn.Dropout(settings.hidden_dropout_prob)
 
@@ -169,7 +173,7 @@ class BertAttention(nn.Module):
     def __init__(self, settings: BertSettings) -> None:
         super().__init__()
         self.self = BertSelfAttention(settings)
-        self.output = BertSelfOutput(settings)
+        self.output = BertResidualOutput(settings, settings.hidden_size)
 
     def forward(self, hidden: torch.Tensor, attention_bias: torch.Tensor) -> torch.Tensor:
         return self.output(self.self(hidden, attention_bias), hidden)
@@ -186,19 +190,6 @@ class BertIntermediate(nn.Module):
         return F.gelu(self.dense(hidden))
 
 
-class BertOutput(nn.Module):
-    """The feed-forward contraction, dropout, residual and LayerNorm."""
-
-    def __init__(self, settings: BertSettings) -> None:
-        super().__init__()
-        self.dense = nn.Linear(settings.intermediate_size, settings.hidden_size)
-        self.LayerNorm = nn.LayerNorm(settings.hidden_size, eps=settings.layer_norm_eps)
-        self.dropout = nn.Dropout(settings.hidden_dropout_prob)
-
-    def forward(self, states: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(self.dense(states)) + residual)
-
-
 class BertLayer(nn.Module):
     """One transformer layer: attention, then feed-forward."""
 
@@ -206,7 +197,7 @@ class BertLayer(nn.Module):
         super().__init__()
         self.attention = BertAttention(settings)
         self.intermediate = BertIntermediate(settings)
-        self.output = BertOutput(settings)
+        self.output = BertResidualOutput(settings, settings.intermediate_size)
 
     def forward(self, hidden: torch.Tensor, attention_bias: torch.Tensor) -> torch.Tensor:
         attended = self.attention(hidden, attention_bias)

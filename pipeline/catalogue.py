@@ -25,7 +25,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -43,7 +42,7 @@ from pipeline.english import shared_english
 from pipeline.errors import ConfigError
 from pipeline.schema import Mention
 from pipeline.textmap import MappedText
-from pipeline.yamlfile import parse_yaml
+from pipeline.yamlfile import read_yaml_file
 
 DEFAULT_CATALOGUE = Path(__file__).resolve().parent / "policies" / "consumer_finance" / "catalogue.yaml"
 
@@ -185,20 +184,12 @@ def load_catalogue(path: Path | str | None = None, allowed_labels: Iterable[str]
     no queue knows. None skips that check.
     """
     path = Path(path) if path is not None else DEFAULT_CATALOGUE
-    try:
-        raw = parse_yaml(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ConfigError(
-            f"Catalogue file {path} not found.", fix="point the policy at an existing catalogue YAML"
-        ) from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(
-            f"Catalogue file {path} cannot be read: {exc}.", fix="save it as UTF-8 text"
-        ) from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(
-            f"Catalogue file {path} is not valid YAML: {exc}", fix="correct the YAML syntax"
-        ) from exc
+    raw = read_yaml_file(
+        path,
+        "Catalogue file",
+        missing_fix="point the policy at an existing catalogue YAML",
+        syntax_fix="correct the YAML syntax",
+    )
     if not isinstance(raw, dict):
         raise ConfigError(
             f"Catalogue file {path} must be a mapping with a 'products' list, not {type(raw).__name__}.",

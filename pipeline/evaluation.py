@@ -32,7 +32,7 @@ import json
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -73,6 +73,28 @@ class BatchRouter(Protocol):
     model_version: str
 
     def route_batch(self, messages: Sequence[Message]) -> list[TriageResult | HearkenError]: ...
+
+
+def route_in_batches(
+    pipeline: BatchRouter,
+    messages: Sequence[Message],
+    batch_size: int,
+    *,
+    on_batch: Callable[[int], object] | None = None,
+) -> Iterator[TriageResult | HearkenError]:
+    """Each message's outcome, in order, routed ``batch_size`` messages at a time.
+
+    The one batching loop of every evaluation (intent and product scores, the routing set), so all
+    of them measure ``Pipeline.route_batch``, the path that serves users, in the same way. Lazy, so
+    a caller that stops at the first refused message stops routing there too; ``on_batch`` is told
+    each batch's size once it is routed (for progress bars).
+    """
+    for offset in range(0, len(messages), batch_size):
+        batch = messages[offset : offset + batch_size]
+        outcomes = pipeline.route_batch(batch)
+        if on_batch is not None:
+            on_batch(len(batch))
+        yield from outcomes
 
 
 # =============================================================================== data
@@ -546,22 +568,19 @@ def evaluate(
         disable=not progress,
         dynamic_ncols=True,
     ) as bar:
-        for offset in range(0, len(data.examples), batch_size):
-            batch = data.examples[offset : offset + batch_size]
-            outcomes = pipeline.route_batch([Message(id=e.id, text=e.text) for e in batch])
-            for outcome in outcomes:
-                if isinstance(outcome, HearkenError):
-                    unreadable += 1
-                    null_reasons[f"unreadable: {outcome.message}"] += 1
-                    predicted.append(None)
-                    confidences.append(None)
-                    continue
-                part = outcome.intent if field == "intent" else outcome.product
-                predicted.append(part.label)
-                confidences.append(part.confidence if part.label is not None else None)
-                if part.label is None:
-                    null_reasons[part.reason or "no reason given"] += 1
-            bar.update(len(batch))
+        messages = [Message(id=e.id, text=e.text) for e in data.examples]
+        for outcome in route_in_batches(pipeline, messages, batch_size, on_batch=bar.update):
+            if isinstance(outcome, HearkenError):
+                unreadable += 1
+                null_reasons[f"unreadable: {outcome.message}"] += 1
+                predicted.append(None)
+                confidences.append(None)
+                continue
+            part = outcome.intent if field == "intent" else outcome.product
+            predicted.append(part.label)
+            confidences.append(part.confidence if part.label is not None else None)
+            if part.label is None:
+                null_reasons[part.reason or "no reason given"] += 1
     return score(
         model_version=pipeline.model_version,
         data=data,

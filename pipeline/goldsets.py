@@ -20,7 +20,7 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pipeline.datadir import resolve_data_dir
 from pipeline.errors import DataError
@@ -135,19 +135,29 @@ def _parse_label(raw: object, where: str) -> _Label:
     )
 
 
+def read_jsonl_rows(path: Path, location: str, fix: str) -> Iterator[tuple[str, Any]]:
+    """Each non-blank line of a hand-labelled JSONL file, parsed, with where it stands (``location:line``).
+
+    Shared by the ask and the routing gold sets so that a broken line is reported the same way in
+    both; checking the parsed row is the caller's job, since the format is the caller's.
+    """
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{location}:{number}"
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}: not valid JSON ({exc.msg}).", fix=fix) from exc
+        yield where, raw
+
+
 def _read_labels(path: Path) -> list[_Label]:
     if not path.is_file():
         raise DataError(f"Gold-set file {path} is missing.", fix="restore data/asks/ from git")
     labels: list[_Label] = []
     seen: set[tuple[str, str]] = set()
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path.name}:{number}"
-        try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: not valid JSON ({exc.msg}).", fix="restore the file from git") from exc
+    for where, raw in read_jsonl_rows(path, path.name, fix="restore the file from git"):
         label = _parse_label(raw, where)
         key = (label.dataset, label.row_id)
         if key in seen:
@@ -159,11 +169,13 @@ def _read_labels(path: Path) -> list[_Label]:
     return labels
 
 
-def _lookup_texts(dataset: str, row_ids: set[str], data_dir: Path) -> dict[str, str]:
+def lookup_texts(dataset: str, row_ids: set[str], data_dir: Path) -> dict[str, str]:
     """Read one source file once and keep only the labelled rows (first occurrence of an id wins).
 
-    TwACS repeats some tweet ids with identical texts; first-wins is safe because the sha256
-    check below would catch a duplicate whose text differs.
+    Public because every hand-labelled set (asks, routing) and the script that builds the routing
+    set join their labels to the public texts through here, reading the files exactly one way so
+    that character spans stay valid. TwACS repeats some tweet ids with identical texts; first-wins
+    is safe because callers check each text's sha256, which catches a duplicate whose text differs.
     """
     relative, reader = SOURCES[dataset]
     path = data_dir / relative
@@ -207,7 +219,7 @@ def load_ask_goldset(
     for dataset in SOURCES:
         wanted = {label.row_id for label in labels if label.dataset == dataset}
         if wanted:
-            texts[dataset] = _lookup_texts(dataset, wanted, root)
+            texts[dataset] = lookup_texts(dataset, wanted, root)
     messages = []
     for label in labels:
         name = f"{split}: {label.dataset} row {label.row_id}"

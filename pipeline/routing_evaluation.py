@@ -22,13 +22,12 @@ from typing import Any
 
 from pipeline.artifact import attach_files, load_model
 from pipeline.basemodel import offline
-from pipeline.encoder import load_tokenizer
-from pipeline.evaluation import accuracy, per_class_metrics
-from pipeline.policy import PolicyBundle, load_policy
+from pipeline.evaluation import accuracy, per_class_metrics, route_in_batches
+from pipeline.policy import PolicyBundle
 from pipeline.route_calibration import CALIBRATION_FILE, RouteCalibration, fit_route_calibration
 from pipeline.routing_goldset import RoutingGoldMessage, load_routing_goldset
 from pipeline.schema import Message, TriageResult
-from pipeline.triage import Pipeline
+from pipeline.triage import Pipeline, load_model_policy
 
 #: The keyword baseline: one regex per signal, the kind of list a rule engine starts from.
 KEYWORD_BASELINE: dict[str, str] = {
@@ -72,13 +71,11 @@ def route_all(
     pipeline: Pipeline, gold: Sequence[RoutingGoldMessage], batch_size: int = 16
 ) -> list[TriageResult]:
     """Route every gold message; a message the pipeline refuses is a bug in the set or the pipeline."""
-    messages = messages_of(gold)
     results: list[TriageResult] = []
-    for start in range(0, len(messages), batch_size):
-        for outcome in pipeline.route_batch(messages[start : start + batch_size]):
-            if not isinstance(outcome, TriageResult):
-                raise RuntimeError(f"a labelled routing message was refused: {outcome}")
-            results.append(outcome)
+    for outcome in route_in_batches(pipeline, messages_of(gold), batch_size):
+        if not isinstance(outcome, TriageResult):
+            raise RuntimeError(f"a labelled routing message was refused: {outcome}")
+        results.append(outcome)
     return results
 
 
@@ -226,17 +223,10 @@ def calibrate_model(
     """
     if split == "test":
         raise ValueError("the test split is for the final number only; calibrate on dev")
-    bundle: PolicyBundle = load_policy(policy) if policy is not None else _folder_policy(folder)
     offline()
     model = load_model(folder)
-    raw_pipeline = Pipeline(
-        model.config,
-        model.net,
-        load_tokenizer(model.tokenizer_path),
-        model.manifest.model_version,
-        policy=bundle,
-        calibration=None,
-    )
+    bundle = load_model_policy(model, policy)
+    raw_pipeline = Pipeline.from_model(model, policy=bundle, calibration=None)
     gold = load_routing_goldset(split, data_dir=data_dir)
     results = route_all(raw_pipeline, gold)
     raw = [r.route.confidence or 0.0 for r in results]
@@ -281,8 +271,3 @@ def _card_with_routing(card_path: Path, bundle: PolicyBundle, calibration: Route
             "",
         ]
     )
-
-
-def _folder_policy(folder: Path | str) -> PolicyBundle:
-    saved = Path(folder) / "policy.yaml"
-    return load_policy(saved if saved.is_file() else None)

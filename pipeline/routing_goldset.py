@@ -15,7 +15,6 @@ would otherwise change a score without anyone noticing. How the set was built an
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -24,9 +23,9 @@ from pipeline.corpora import PRODUCT_LABELS
 from pipeline.datadir import resolve_data_dir
 from pipeline.errors import DataError
 
-# Private on purpose in pipeline.goldsets; imported (not copied) so both gold sets read CFPB
-# texts through one reader and cannot drift apart.
-from pipeline.goldsets import _lookup_texts
+# Imported (not copied) so both gold sets read CFPB texts and their JSONL files through one
+# reader each and cannot drift apart.
+from pipeline.goldsets import lookup_texts, read_jsonl_rows
 
 ROUTING_GOLDSET_DIR = Path(__file__).resolve().parent.parent / "data" / "routing"
 ROUTING_SPLITS: tuple[str, ...] = ("dev", "test", "dev2")
@@ -187,14 +186,7 @@ def _read_rows(path: Path) -> list[tuple[str, dict]]:
         raise DataError(f"Routing gold-set file {path} is missing.", fix="restore data/routing/ from git")
     rows: list[tuple[str, dict]] = []
     seen: set[str] = set()
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: not valid JSON ({exc.msg}).", fix=_FIX) from exc
+    for where, raw in read_jsonl_rows(path, str(path), fix=_FIX):
         if not isinstance(raw, dict) or set(raw) != _FIELDS:
             got = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
             raise DataError(f"{where}: expected exactly the fields {sorted(_FIELDS)}, got {got}.", fix=_FIX)
@@ -263,7 +255,7 @@ def load_routing_goldset(
     public_ids = {raw["row_id"] for _, raw in rows if raw["source"] == "cfpb_complaints"}
     public: dict[str, str] = {}
     if public_ids:
-        public = _lookup_texts("cfpb_complaints", public_ids, resolve_data_dir(data_dir))
+        public = lookup_texts("cfpb_complaints", public_ids, resolve_data_dir(data_dir))
     messages: list[RoutingGoldMessage] = []
     for where, raw in rows:
         if raw["source"] == "team":

@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from spacy.attrs import IDX, LENGTH
 from spacy.errors import MatchPatternError
@@ -53,7 +52,7 @@ from pipeline.normalise import NormalisedMessage, Normaliser
 from pipeline.schema import Signal
 from pipeline.segment import Segmenter, Sentence
 from pipeline.textmap import MappedText
-from pipeline.yamlfile import parse_yaml
+from pipeline.yamlfile import read_yaml_file
 
 #: The lexicon that implements ROUTING_POLICY §4 for the default consumer-finance helpdesk.
 DEFAULT_LEXICON_PATH = Path(__file__).resolve().parent / "policies" / "consumer_finance" / "signals.yaml"
@@ -523,23 +522,14 @@ def _check_patterns(lexicon: SignalLexicon, source: str) -> None:
 def load_signal_lexicon(path: Path | str) -> SignalLexicon:
     """Read and validate a signal lexicon YAML; every problem is a ``ConfigError`` naming file and key."""
     path = Path(path)
-    try:
-        raw = parse_yaml(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as error:
-        raise ConfigError(
-            f"Signal lexicon {path} does not exist.",
-            fix="point signals.lexicon at an existing YAML file, or leave it unset for the default lexicon",
-        ) from error
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(
-            f"Signal lexicon {path} cannot be read: {error}.", fix="save it as UTF-8 text"
-        ) from error
-    except yaml.YAMLError as error:
-        raise ConfigError(
-            f"Signal lexicon {path} is not valid YAML: {' '.join(str(error).split())}",
-            fix="fix the YAML syntax at the line shown (quote phrases that contain ':' or start with "
-            "'@', '!', '#'; quote the words no, on, off and yes)",
-        ) from error
+    raw = read_yaml_file(
+        path,
+        "Signal lexicon",
+        missing_fix="point signals.lexicon at an existing YAML file, or leave it unset for the default "
+        "lexicon",
+        syntax_fix="fix the YAML syntax at the line shown (quote phrases that contain ':' or start with "
+        "'@', '!', '#'; quote the words no, on, off and yes)",
+    )
     if not isinstance(raw, dict):
         raise ConfigError(
             f"Signal lexicon {path} must be a mapping with version, name and signals "

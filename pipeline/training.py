@@ -24,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from safetensors.torch import load_file
 from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
@@ -51,7 +51,9 @@ from pipeline.triage import Pipeline
 from pipeline.yamlfile import parse_yaml
 
 log = logging.getLogger(__name__)
-DEFAULT_TRAIN_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+TRAIN_CONFIG_FILE = "train_config.json"
+DEFAULT_TRAIN_CONFIG = PROJECT_ROOT / "pipeline" / "configs" / "default.yaml"
 
 
 class EncoderInit(BaseModel):
@@ -138,6 +140,14 @@ class TrainConfig(BaseModel):
         default=True,
         description="Pick the ask threshold on data/asks/dev.jsonl (whole messages), else on dev sentences.",
     )
+    # Not a setting (never saved, never read from a file): set by ``load_train_config``, kept by
+    # ``model_copy``, so the model card can name the file that reproduces the model.
+    _source_file: Path | None = PrivateAttr(default=None)
+
+    @property
+    def source_file(self) -> Path | None:
+        """The file this config was read from; None when it was built in code."""
+        return self._source_file
 
 
 def load_train_config(path: Path | str | None) -> TrainConfig:
@@ -145,13 +155,27 @@ def load_train_config(path: Path | str | None) -> TrainConfig:
     path = Path(path) if path is not None else DEFAULT_TRAIN_CONFIG
     try:
         raw = parse_yaml(path.read_text()) or {}
-        return TrainConfig.model_validate(raw)
+        config = TrainConfig.model_validate(raw)
     except FileNotFoundError as exc:
         raise ConfigError(
             f"Training config {path} not found.", fix="pass --config with an existing file"
         ) from exc
     except (yaml.YAMLError, ValidationError) as exc:
         raise ConfigError(f"Training config {path} is invalid: {exc}", fix="correct the named field") from exc
+    config._source_file = path
+    return config
+
+
+def reproduce_config_file(config: TrainConfig) -> str:
+    """The ``--config`` argument that reproduces a model trained with ``config``, for its model card.
+
+    The file the config was read from, relative to the project when inside it (so the card reads
+    the same on every checkout); for a config built in code, the copy saved in the model folder.
+    """
+    if config.source_file is None:
+        return str(Path(config.output) / TRAIN_CONFIG_FILE)
+    source = config.source_file.resolve()
+    return str(source.relative_to(PROJECT_ROOT)) if source.is_relative_to(PROJECT_ROOT) else str(source)
 
 
 def seed_everything(seed: int) -> random.Random:
@@ -609,7 +633,7 @@ def train(config: TrainConfig) -> Path:
         training_data=fingerprints,
         metrics=metrics,
         card=card,
-        extra_files={"train_config.json": config.model_dump_json(indent=2) + "\n"},
+        extra_files={TRAIN_CONFIG_FILE: config.model_dump_json(indent=2) + "\n"},
     )
     if config.calibrate_route:
         from pipeline.routing_evaluation import calibrate_model
@@ -649,7 +673,7 @@ Heads: {", ".join(f"{h.name} ({h.level}, {len(h.labels)} labels)" for h in heads
 
 ## Reproduce
 ```
-hearken train --config pipeline/configs/default.yaml --output {config.output}
+hearken train --config {reproduce_config_file(config)} --output {config.output}
 ```
 Seed {config.seed}; {training["steps"]} steps over {training["messages"]} training messages in
 {training["seconds"]:.0f} s ({training["precision"]}, {training["threads"]} threads).

@@ -39,8 +39,10 @@ IGNORE = -100
 TEAM_WRITTEN = Path(__file__).resolve().parent.parent / "data" / "ask_training" / "team_written.jsonl"
 GOLD_DIR = Path(__file__).resolve().parent.parent / "data" / "asks"
 
-# Background sentences that look like requests are dropped so that "background" stays background.
-_REQUEST_LIKE = re.compile(
+#: Sentences that look like requests. Dropped from the ask head's background sentences so that
+#: "background" stays background; public because the classification benchmark filters its
+#: no-ask probe sentences with the same list, so both agree on what counts as a request.
+REQUEST_LIKE = re.compile(
     r"\?|\b(please|kindly|i (would like|want|need|request|am requesting|ask|demand|expect)|"
     r"i'd like|can you|could you|would you|will you|help me|let me know|"
     r"(remove|delete|refund|correct|fix|investigate|cancel|close|reimburse|return) "
@@ -158,7 +160,7 @@ def background_runs(
     bodies = [normaliser.normalise(c.text).body.text for c in kept]
     runs = []
     for _body, sentences in zip(bodies, segmenter.segment_many(bodies), strict=True):
-        run = [s.text for s in sentences if not _REQUEST_LIKE.search(s.text) and len(s.text) > 15]
+        run = [s.text for s in sentences if not REQUEST_LIKE.search(s.text) and len(s.text) > 15]
         if len(run) >= 2:
             runs.append(run)
     return runs
@@ -252,7 +254,7 @@ def weak_ask_messages(
                 labels.append(0)
             elif _STRICT_ASK.search(sentence.text) and "?" not in sentence.text:
                 labels.append(1)
-            elif _REQUEST_LIKE.search(sentence.text):
+            elif REQUEST_LIKE.search(sentence.text):
                 labels.append(IGNORE)
             else:
                 labels.append(0)

@@ -52,6 +52,20 @@ from pipeline.signals import SignalDetector, load_signal_lexicon
 log = logging.getLogger(__name__)
 
 
+def load_model_policy(model: LoadedModel, policy: Path | str | None = None) -> PolicyBundle:
+    """The routing policy for ``model``: ``policy`` when given (a YAML file or its folder), else the one
+    saved in the model folder, else the packaged default.
+
+    Serving (``Pipeline.from_folder``) and calibrating (``hearken calibrate``) both choose through
+    here, so a calibration is always fitted for the policy the model is then served with.
+    """
+    if policy is not None:
+        return load_policy(policy)
+    if POLICY_FILE in model.extra_files:
+        return load_policy(model.folder / POLICY_FILE)
+    return load_policy()
+
+
 @dataclass
 class Reading:
     """What the stages know about one message; internal, never returned to callers."""
@@ -132,24 +146,31 @@ class Pipeline:
         offline()
         start_loading_identifier()  # overlaps its decompression with loading the model
         model = load_model(folder)
-        if policy is not None:
-            bundle = load_policy(policy)
-        elif POLICY_FILE in model.extra_files:
-            bundle = load_policy(model.folder / POLICY_FILE)
-        else:
-            bundle = load_policy()
+        bundle = load_model_policy(model, policy)
         calibration = None
         if CALIBRATION_FILE in model.extra_files:
             calibration = read_route_calibration(model.folder / CALIBRATION_FILE)
+        pipeline = cls.from_model(model, policy=bundle, calibration=calibration)
+        pipeline.encoder.store_weights_for_precision()  # the folder's network is ours alone
+        return pipeline
+
+    @classmethod
+    def from_model(
+        cls, model: LoadedModel, *, policy: PolicyBundle, calibration: RouteCalibration | None
+    ) -> Pipeline:
+        """A pipeline on an already loaded model folder, with the policy and calibration given.
+
+        For callers that must choose the calibration themselves (fitting one needs the raw
+        confidences, so no calibration at all), without loading and verifying the folder twice.
+        """
         pipeline = cls(
             model.config,
             model.net,
             load_tokenizer(model.tokenizer_path),
             model.manifest.model_version,
-            policy=bundle,
+            policy=policy,
             calibration=calibration,
         )
-        pipeline.encoder.store_weights_for_precision()  # the folder's network is ours alone
         pipeline.loaded = model
         return pipeline
 

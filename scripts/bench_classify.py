@@ -40,6 +40,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -83,6 +84,16 @@ COLD_START_CODE = (
 )
 PEAK_RSS_CODE = """
 import json, resource, sys
+def high_water_kib():
+    # VmHWM belongs to this process image; ru_maxrss would also count the parent's size before exec.
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 import torch
 from pipeline import corpora
 from pipeline.errors import HearkenError
@@ -91,12 +102,12 @@ from pipeline.triage import Pipeline
 torch.set_num_threads(2)
 n, batch = int(sys.argv[1]), int(sys.argv[2])
 pipeline = Pipeline.from_folder()
-after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+after_load = high_water_kib()
 messages = [Message(id=c.complaint_id, text=c.text) for c in corpora.read_cfpb()[:n]]
 errors = 0
 for i in range(0, len(messages), batch):
     errors += sum(isinstance(r, HearkenError) for r in pipeline.route_batch(messages[i : i + batch]))
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak = high_water_kib()
 report = {"messages": len(messages), "errors": errors, "after_load_kib": after_load, "peak_kib": peak}
 print(json.dumps(report))
 """
@@ -397,13 +408,11 @@ def route_texts(pipeline: Pipeline, texts: Sequence[str], batch_size: int = 64) 
     """Route texts through ``Pipeline.route_batch``; an unreadable message becomes None."""
     from pipeline.schema import Message
 
-    results: list[TriageResult | None] = []
-    for offset in range(0, len(texts), batch_size):
-        chunk = [
-            Message(id=str(offset + i), text=t) for i, t in enumerate(texts[offset : offset + batch_size])
-        ]
-        results += [None if isinstance(r, HearkenError) else r for r in pipeline.route_batch(chunk)]
-    return results
+    messages = [Message(id=str(i), text=t) for i, t in enumerate(texts)]
+    return [
+        None if isinstance(r, HearkenError) else r
+        for r in evaluation.route_in_batches(pipeline, messages, batch_size)
+    ]
 
 
 def intent_of(result: TriageResult | None) -> Prediction:
@@ -602,7 +611,7 @@ def background_sentences(pipeline: Pipeline, complaints: Sequence[Any]) -> list[
     Test-split rows were never read by training; sentences that look like requests (or are
     questions) are dropped, as training does, so the buried utterance is the message's only ask.
     """
-    from pipeline.trainset import _REQUEST_LIKE, split_of
+    from pipeline.trainset import REQUEST_LIKE, split_of
 
     seen: set[str] = set()
     chosen = []
@@ -617,7 +626,7 @@ def background_sentences(pipeline: Pipeline, complaints: Sequence[Any]) -> list[
         for s in sentences:
             start, end = norm.body.to_original(s.start, s.end)
             piece = " ".join(text[start:end].split())
-            if 4 <= len(piece.split()) <= 80 and not _REQUEST_LIKE.search(piece):
+            if 4 <= len(piece.split()) <= 80 and not REQUEST_LIKE.search(piece):
                 out.append(piece)
     return out
 
@@ -849,23 +858,40 @@ def child_env(model: Path | None) -> dict[str, str]:
     return env
 
 
+class ChildError(RuntimeError):
+    """A measuring subprocess failed; the message is the tail of its stderr."""
+
+
+def run_fresh_python(code: str, args: Sequence[str], model: Path | None, timeout: float) -> str:
+    """The last line printed by ``python -c code *args`` in a fresh process with ``child_env(model)``.
+
+    Cold start and peak memory mean nothing inside this (warm, already loaded) process, so both are
+    measured in a new one, run the same way; a failed run raises ``ChildError`` with its stderr.
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=ROOT,
+        env=child_env(model),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise ChildError(done.stderr.strip()[-2000:])
+    return done.stdout.strip().splitlines()[-1]
+
+
 def cold_start(model: Path | None, runs: int) -> dict[str, Any]:
     """Measure 6a: new process to first routed result, the median of ``runs`` fresh processes."""
     seconds: list[float] = []
     for run in range(runs):
         log.info("cold start: run %d of %d", run + 1, runs)
-        done = subprocess.run(
-            [sys.executable, "-c", COLD_START_CODE],
-            cwd=ROOT,
-            env=child_env(model),
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        if done.returncode != 0:
-            return {"runs_seconds": seconds, "median_seconds": None, "error": done.stderr.strip()[-2000:]}
-        seconds.append(float(done.stdout.strip().splitlines()[-1]))
+        try:
+            last_line = run_fresh_python(COLD_START_CODE, [], model, timeout=300)
+        except ChildError as exc:
+            return {"runs_seconds": seconds, "median_seconds": None, "error": str(exc)}
+        seconds.append(float(last_line))
     return {
         "runs_seconds": seconds,
         "median_seconds": statistics.median(seconds),
@@ -877,18 +903,11 @@ def cold_start(model: Path | None, runs: int) -> dict[str, Any]:
 def peak_rss(model: Path | None, messages: int, batch: int) -> dict[str, Any]:
     """Measure 6b: peak RSS (``ru_maxrss``) of a fresh process routing ``messages`` narratives."""
     log.info("memory: routing %d narratives in a fresh process", messages)
-    done = subprocess.run(
-        [sys.executable, "-c", PEAK_RSS_CODE, str(messages), str(batch)],
-        cwd=ROOT,
-        env=child_env(model),
-        capture_output=True,
-        text=True,
-        timeout=3600,
-        check=False,
-    )
-    if done.returncode != 0:
-        return {"messages": messages, "peak_rss_mib": None, "error": done.stderr.strip()[-2000:]}
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    try:
+        last_line = run_fresh_python(PEAK_RSS_CODE, [str(messages), str(batch)], model, timeout=3600)
+    except ChildError as exc:
+        return {"messages": messages, "peak_rss_mib": None, "error": str(exc)}
+    out = json.loads(last_line)
     return {
         "messages": out["messages"],
         "batch_size": batch,
@@ -927,6 +946,40 @@ def machine_info(pipeline: Pipeline) -> dict[str, Any]:
     }
 
 
+def rerun_measures(args: argparse.Namespace, out: Path, sizes: BenchSizes, started: float) -> None:
+    """Re-measure speed, cold start and/or peak memory into an existing report.
+
+    None of them depends on the other measures (speed compares two paths in the same call; the
+    others run in fresh processes), so a fix to one need not cost a full 15-minute benchmark.
+    The report says which measures were re-run, by which command, when.
+    """
+    if not out.is_file():
+        raise SystemExit(f"{out} does not exist: run the full benchmark first (without --only)")
+    report = json.loads(out.read_text())
+    if "speed" in args.only:
+        from pipeline import corpora
+        from pipeline.triage import Pipeline
+
+        with precision_override(None):
+            pipeline = Pipeline.from_folder(args.model)
+        report["speed"] = speed(pipeline, corpora.read_cfpb(), sizes)
+    if "cold_start" in args.only:
+        report["cold_start"] = cold_start(args.model, sizes.cold_runs)
+    if "memory" in args.only:
+        report["memory"] = peak_rss(args.model, sizes.rss_messages, sizes.speed_batch)
+    report.setdefault("reruns", []).append(
+        {
+            "measures": list(args.only),
+            "command": "python " + " ".join(sys.argv),
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "seconds": round(time.time() - started, 1),
+        }
+    )
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(format_table(report))
+    print(f"updated {out}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--model", type=Path, default=None, help="model folder (default: the committed one)")
@@ -938,6 +991,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--quick", action="store_true", help="small subsets, to check the script (< 3 min)")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=["speed", "cold_start", "memory"],
+        default=None,
+        help="re-measure only these (self-contained) measures and update them in the existing report",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     out = args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)
@@ -950,6 +1010,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     torch.set_num_threads(2)
     started = time.time()
+    if args.only:
+        rerun_measures(args, out, sizes, started)
+        return
     with precision_override(None):
         pipeline = Pipeline.from_folder(args.model)
     complaints = corpora.read_cfpb()

@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline import corpora  # noqa: E402
 from pipeline.errors import ConfigError, HearkenError  # noqa: E402
+from pipeline.evaluation import route_in_batches  # noqa: E402
 from pipeline.ood import auroc, max_softmax_scores, out_of_scope_score  # noqa: E402
 from pipeline.schema import Message, TriageResult  # noqa: E402
 from pipeline.trainset import CLINC150_OOS, clinc150_labels  # noqa: E402
@@ -73,13 +74,8 @@ def sample(rows: list[corpora.IntentExample], limit: int | None, seed: int) -> l
 
 
 def route_all(pipeline: Pipeline, texts: Sequence[str], prefix: str) -> list[TriageResult | HearkenError]:
-    results: list[TriageResult | HearkenError] = []
-    for start in range(0, len(texts), BATCH):
-        chunk = texts[start : start + BATCH]
-        results.extend(
-            pipeline.route_batch([Message(id=f"{prefix}-{start + i}", text=t) for i, t in enumerate(chunk)])
-        )
-    return results
+    messages = [Message(id=f"{prefix}-{i}", text=t) for i, t in enumerate(texts)]
+    return list(route_in_batches(pipeline, messages, BATCH))
 
 
 def hearken(

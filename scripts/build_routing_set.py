@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.corpora import CFPB_EVAL, PRODUCT_LABELS, read_cfpb  # noqa: E402
 from pipeline.datadir import dataset_file, resolve_data_dir  # noqa: E402
-from pipeline.goldsets import GOLDSET_DIR, _lookup_texts  # noqa: E402
+from pipeline.goldsets import GOLDSET_DIR, lookup_texts  # noqa: E402
 from pipeline.routing_goldset import (  # noqa: E402
     ESCALATING_SIGNALS,
     ROUTING_GOLDSET_DIR,
@@ -194,7 +194,7 @@ def build(label_files: list[Path], out_dir: Path, data_dir: Path | None, show: b
     for path in label_files:
         entries += yaml.safe_load(path.read_text(encoding="utf-8"))
     public_ids = {str(e["row_id"]) for e in entries if e["source"] == "cfpb_complaints"}
-    public = _lookup_texts("cfpb_complaints", public_ids, resolve_data_dir(data_dir)) if public_ids else {}
+    public = lookup_texts("cfpb_complaints", public_ids, resolve_data_dir(data_dir)) if public_ids else {}
     # Ids follow a seeded shuffle, not the authoring order, so an id says nothing about the
     # group a message was written in.
     numbers = list(range(1, len(entries) + 1))

@@ -13,7 +13,7 @@ from pipeline.artifact import load_model
 from pipeline.cli import app
 from pipeline.contract import assert_model_contract
 from pipeline.errors import ConfigError
-from pipeline.training import TrainConfig, load_train_config
+from pipeline.training import TrainConfig, load_train_config, reproduce_config_file
 from pipeline.triage import Pipeline
 
 TINY = {
@@ -63,6 +63,21 @@ def test_trained_folder_has_every_part_and_verifies(trained: Path):
     assert set(metrics["calibration"]) == {"ask", "intent", "product"}
     saved = json.loads((trained / "train_config.json").read_text())
     assert TrainConfig.model_validate(saved).max_steps == 4
+
+
+def test_model_card_names_the_config_it_was_trained_with(trained: Path):
+    config_path = (trained.parent / "config.yaml").resolve()
+    assert f"hearken train --config {config_path} --output {trained}" in (trained / "README.md").read_text()
+
+
+def test_reproduce_line_names_the_config_file(tmp_path: Path):
+    assert reproduce_config_file(load_train_config(None)) == "pipeline/configs/default.yaml"
+    path = tmp_path / "mine.yaml"
+    path.write_text("seed: 5\n")
+    copied = load_train_config(path).model_copy(update={"output": tmp_path / "out"})
+    assert reproduce_config_file(copied) == str(path.resolve())
+    in_code = TrainConfig(output=tmp_path / "m")
+    assert reproduce_config_file(in_code) == str(tmp_path / "m" / "train_config.json")
 
 
 def test_trained_model_routes_and_passes_the_contract(trained: Path):

@@ -487,6 +487,22 @@ def create_app(settings: ServiceSettings, pipeline: Pipeline | None = None) -> F
     def as_detail(error: HearkenError) -> ErrorDetail:
         return ErrorDetail(code="unreadable_message", message=error.message, fix=error.fix)
 
+    async def route_checked(
+        runtime: ServiceRuntime, messages: list[PipelineMessage]
+    ) -> list[TriageResult | ErrorDetail]:
+        """Route the messages within the length limit; every other one is answered by its error.
+
+        Shared by the single and the batch endpoint so that both refuse a too-long message and report
+        an unreadable one in exactly the same words; a too-long message never reaches the pipeline.
+        """
+        answers: list[TriageResult | ErrorDetail | None] = [check_length(m.text) for m in messages]
+        accepted = [index for index, answer in enumerate(answers) if answer is None]
+        if accepted:
+            outcomes = await route_messages(runtime, [messages[i] for i in accepted])
+            for index, outcome in zip(accepted, outcomes, strict=True):
+                answers[index] = outcome if isinstance(outcome, TriageResult) else as_detail(outcome)
+        return [answer for answer in answers if answer is not None]
+
     v1 = {"dependencies": [Security(_bearer_doc)], "responses": _ERROR_RESPONSES}
 
     @app.post(
@@ -499,13 +515,10 @@ def create_app(settings: ServiceSettings, pipeline: Pipeline | None = None) -> F
         **v1,
     )
     async def route(body: MessageIn, runtime: Runtime) -> Response:
-        if (too_long := check_length(body.text)) is not None:
-            raise ApiError(422, too_long.code, too_long.message, fix=too_long.fix)
-        outcome = (await route_messages(runtime, [body.to_message()]))[0]
-        if isinstance(outcome, HearkenError):
-            detail = as_detail(outcome)
-            raise ApiError(422, detail.code, detail.message, fix=detail.fix)
-        return Response(outcome.model_dump_json(), media_type="application/json")
+        answer = (await route_checked(runtime, [body.to_message()]))[0]
+        if isinstance(answer, ErrorDetail):
+            raise ApiError(422, answer.code, answer.message, fix=answer.fix)
+        return Response(answer.model_dump_json(), media_type="application/json")
 
     @app.post(
         "/v1/route/batch",
@@ -528,24 +541,14 @@ def create_app(settings: ServiceSettings, pipeline: Pipeline | None = None) -> F
             )
         metrics.request_batch_size.observe(count)
         messages = [item.to_message() for item in body.messages]
-        items: list[RoutedItem | FailedItem | None] = [None] * count
-        accepted: list[int] = []
-        for index, message in enumerate(messages):
-            if (too_long := check_length(message.text)) is not None:
-                items[index] = FailedItem(id=message.id, error=too_long)
-            else:
-                accepted.append(index)
-        if accepted:
-            outcomes = await route_messages(runtime, [messages[i] for i in accepted])
-            for index, outcome in zip(accepted, outcomes, strict=True):
-                items[index] = (
-                    RoutedItem(id=outcome.id, result=outcome)
-                    if isinstance(outcome, TriageResult)
-                    else FailedItem(id=messages[index].id, error=as_detail(outcome))
-                )
-        response = BatchResponse(
-            model_version=runtime.model_version, items=[i for i in items if i is not None]
-        )
+        answers = await route_checked(runtime, messages)
+        items: list[RoutedItem | FailedItem] = [
+            RoutedItem(id=answer.id, result=answer)
+            if isinstance(answer, TriageResult)
+            else FailedItem(id=message.id, error=answer)
+            for message, answer in zip(messages, answers, strict=True)
+        ]
+        response = BatchResponse(model_version=runtime.model_version, items=items)
         return Response(response.model_dump_json(), media_type="application/json")
 
     @app.post(
