@@ -34,6 +34,13 @@ DEFAULT_OUTPUT = ROOT / "scripts" / "results" / "retriage.json"
 
 
 def _own_peak_rss_mb() -> float:
+    """This process image's peak RSS: VmHWM, because ru_maxrss also counts the parent before exec."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 

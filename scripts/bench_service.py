@@ -151,16 +151,15 @@ def rss_mb(pid: int) -> float:
 def bench_in_process(model_dir: Path, texts: list[str], requests: int, batch: int, deadline: float) -> dict:
     """The floor: the same pipeline called directly, one message at a time and in groups of ``batch``.
 
-    Run on one dedicated worker thread, as the service runs inference: on a machine whose cores are
-    busy (another job training), torch's intra-op threads called from the *main* thread can be tens of
-    times slower than from a worker thread, which would make the in-process floor meaningless.
+    Loaded and run on one dedicated inference thread, exactly as the service does
+    (``batching.inference_thread``): routing on a thread other than the one that loaded the model
+    measured about 1.6 times slower here, which would make the in-process floor meaningless.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
+    from pipeline.service.batching import inference_thread
     from pipeline.triage import Pipeline
 
-    pipeline = Pipeline.from_folder(model_dir)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-inference") as worker:
+    with inference_thread() as worker:
+        pipeline = worker.submit(Pipeline.from_folder, model_dir).result()
         result = worker.submit(_measure_in_process, pipeline, texts, requests, batch, deadline).result()
     return {"model_version": pipeline.model_version, "precision": pipeline.precision, **result}
 
@@ -374,7 +373,10 @@ def main() -> None:
         "--in-process-requests", type=int, default=1000, help="Messages for the in-process runs."
     )
     parser.add_argument(
-        "--warmup", type=int, default=50, help="Requests before measuring (and before the RSS base)."
+        "--warmup",
+        type=int,
+        default=200,
+        help="Requests at each concurrency level before measuring (and before the RSS base).",
     )
     parser.add_argument("--texts", type=int, default=300, help="Distinct messages cycled through.")
     parser.add_argument("--max-batch", type=int, default=16, help="Server micro-batch size.")
@@ -401,7 +403,21 @@ def main() -> None:
         process, url = start_server(args, model_dir, workdir, key)
         try:
             rss_started = rss_mb(process.pid)
-            asyncio.run(load_phase(url, key, texts, args.warmup, 1, "warmup", deadline, process.pid))
+            # Warm up at every concurrency level to be measured: larger micro-batches need a larger
+            # working set once, and that step is not growth. "Flat" means no drift after it.
+            for concurrency in args.concurrency:
+                asyncio.run(
+                    load_phase(
+                        url,
+                        key,
+                        texts,
+                        args.warmup,
+                        concurrency,
+                        f"warmup-c{concurrency}",
+                        deadline,
+                        process.pid,
+                    )
+                )
             rss_warm = rss_mb(process.pid)
             for concurrency in args.concurrency:
                 print(f"concurrency {concurrency}: {args.requests} requests ...", file=sys.stderr)

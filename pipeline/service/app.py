@@ -44,6 +44,7 @@ from pipeline.service.batching import (
     MicroBatcher,
     Outcome,
     OverloadedError,
+    inference_thread,
 )
 from pipeline.service.contract import (
     BatchRequest,
@@ -292,36 +293,49 @@ _bearer_doc = HTTPBearer(
 )
 
 
-def create_app(settings: ServiceSettings, pipeline: Pipeline | None = None) -> FastAPI:
-    """Build the app; the model folder (if no pipeline is given) and the decision log open in the lifespan."""
+def create_app(
+    settings: ServiceSettings,
+    pipeline: Pipeline | None = None,
+    *,
+    inference: ThreadPoolExecutor | None = None,
+) -> FastAPI:
+    """Build the app; the model folder (if no pipeline is given) and the decision log open in the lifespan.
+
+    ``inference`` is the one-thread executor the pipeline was loaded on (``batching.inference_thread``);
+    the service routes on it. Without it, one is made and the model (if not given) is loaded on it.
+    """
     keys = _load_keys(settings)
     masker = Masker(settings.mask)
     _install_log_masking(masker)
     metrics = ServiceMetrics()
     retry_headers = {"Retry-After": str(settings.retry_after_s)}
+    executor_given = inference
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        inference = executor_given or inference_thread(settings.inference_threads)
         loaded = pipeline
         if loaded is None:
             from pipeline.triage import Pipeline
 
-            loaded = await asyncio.to_thread(Pipeline.from_folder, settings.model_dir)
-        if settings.inference_threads is not None:
-            import torch
-
-            torch.set_num_threads(settings.inference_threads)
+            # Built on the thread that will run it (see batching.inference_thread for why).
+            try:
+                loaded = await loop.run_in_executor(inference, Pipeline.from_folder, settings.model_dir)
+            except BaseException:
+                inference.shutdown(wait=False)
+                raise
         is_sqlite = make_url(settings.database_url).get_backend_name() == "sqlite"
         db_executor = ThreadPoolExecutor(
             max_workers=1 if is_sqlite else 4, thread_name_prefix="hearken-decisions"
         )
-        loop = asyncio.get_running_loop()
         batcher = MicroBatcher(
             loaded.route_batch,
             max_batch=settings.max_batch,
             max_wait_ms=settings.max_wait_ms,
             max_queue=settings.max_queue,
             metrics=metrics,
+            executor=inference,
         )
         decision_log: DecisionLog | None = None
         try:

@@ -78,6 +78,7 @@ def serve(
 
     from pipeline.service.app import create_app
     from pipeline.service.auth import load_access
+    from pipeline.service.batching import inference_thread
     from pipeline.service.settings import ServiceSettings
     from pipeline.triage import Pipeline
 
@@ -114,8 +115,14 @@ def serve(
             ) from exc
         load_access(settings.api_keys_file, settings.insecure_no_auth)  # fail fast, before the slow load
         typer.echo(f"loading model from {model or 'the default model folder'} ...", err=True)
-        pipeline = Pipeline.from_folder(model)
-        app = create_app(settings, pipeline)
+        # Loaded on the thread that will route (see batching.inference_thread for why).
+        inference = inference_thread(settings.inference_threads)
+        try:
+            pipeline = inference.submit(Pipeline.from_folder, model).result()
+        except BaseException:
+            inference.shutdown(wait=False)
+            raise
+        app = create_app(settings, pipeline, inference=inference)
     except HearkenError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(error.exit_code) from error
