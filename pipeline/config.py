@@ -61,6 +61,13 @@ class AskConfig(BaseModel):
         default=0.5, ge=0.0, le=1.0, description="Minimum ask probability; chosen on held-out dev data."
     )
     max_asks: int = Field(default=5, ge=1, description="At most this many asks are reported, best first.")
+    intent_reads_ask_alone_too: bool = Field(
+        default=True,
+        description="Average each ask's intent read in its context with the same sentence read alone "
+        "(one short extra pass over the ask sentences of messages with more than one sentence). Long "
+        "background pulls an in-context reading off: on dev compositions (Banking77 dev utterances "
+        "buried in CFPB dev background) intent accuracy went from 0.813 to 0.838 (bare: 0.905).",
+    )
 
 
 class PipelineConfig(BaseModel):

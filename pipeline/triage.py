@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +75,8 @@ class Reading:
     sentences: list[Sentence]
     history_sentences: list[list[Sentence]]
     encoded: EncoderOutput | None = None
+    asks: list[tuple[int, Ask]] = field(default_factory=list)
+    intent_alone: dict[int, np.ndarray] = field(default_factory=dict)  # sentence index -> intent probs
 
 
 _REPLACEMENT_SHARE = 0.05
@@ -232,18 +234,54 @@ class Pipeline:
             [r.normalised.body.text for _, r in readings],
             [[(s.start, s.end) for s in r.sentences] for _, r in readings],
         )
-        for (index, reading), output in zip(readings, encoded, strict=True):
+        for (_, reading), output in zip(readings, encoded, strict=True):
             reading.encoded = output
+            ask_probs = output.sentence_probs.get("ask")
+            if ask_probs is not None:
+                reading.asks = self.ask_finder.find(
+                    reading.message.text, reading.normalised.body, reading.sentences, ask_probs
+                )
+        self._read_intent_sentences_alone([r for _, r in readings])
+        for index, reading in readings:
             outcomes[index] = self._result(reading)
         return [o for o in outcomes if o is not None]
+
+    def _intent_sentences(self, reading: Reading) -> list[int]:
+        """The sentences the intent is read from: the asks, else the single most ask-like sentence."""
+        if reading.asks:
+            return [index for index, _ in reading.asks]
+        assert reading.encoded is not None
+        ask_probs = reading.encoded.sentence_probs.get("ask")
+        return [int(np.argmax(ask_probs)) if ask_probs is not None and len(ask_probs) else 0]
+
+    def _read_intent_sentences_alone(self, readings: Sequence[Reading]) -> None:
+        """Read the intent sentences of multi-sentence messages alone too, in one batched pass.
+
+        A one-sentence message is already read alone, so it needs no second pass.
+        """
+        if not self.config.asks.intent_reads_ask_alone_too or "intent" not in self.encoder.head_specs:
+            return
+        wanted: list[tuple[Reading, int, str]] = []
+        for reading in readings:
+            if len(reading.sentences) < 2:
+                continue
+            body = reading.normalised.body.text
+            for index in self._intent_sentences(reading):
+                sentence = reading.sentences[index]
+                wanted.append((reading, index, body[sentence.start : sentence.end]))
+        if not wanted:
+            return
+        alone = self.encoder.encode([t for _, _, t in wanted], [[(0, len(t))] for _, _, t in wanted])
+        for (reading, index, _), output in zip(wanted, alone, strict=True):
+            probs = output.sentence_probs["intent"]
+            if len(probs) and output.sentence_scored[0]:
+                reading.intent_alone[index] = probs[0]
 
     def _result(self, reading: Reading) -> TriageResult:
         assert reading.encoded is not None
         message, encoded, body = reading.message, reading.encoded, reading.normalised.body
-        found: list[tuple[int, Ask]] = []
+        found = reading.asks
         ask_probs = encoded.sentence_probs.get("ask")
-        if ask_probs is not None:
-            found = self.ask_finder.find(message.text, body, reading.sentences, ask_probs)
         warnings = []
         readable = is_readable(body.text, reading.sentences)
         if not reading.sentences:
@@ -257,7 +295,7 @@ class Pipeline:
         ]
         mentions = self.mention_finder.find(body) if self.mention_finder is not None else []
         product = self._product(encoded, mentions)
-        intent = self._intent(encoded, found)
+        intent = self._intent(encoded, found, self._intent_sentences(reading), reading.intent_alone)
         evidence = RouteEvidence(
             asks=self._ask_evidence(encoded, found),
             signals=signals,
@@ -322,12 +360,20 @@ class Pipeline:
             label=settled, confidence=None if sure is None else round(sure, 4), mentions=mentions, reason=why
         )
 
-    def _intent(self, encoded: EncoderOutput, found: list[tuple[int, Ask]]) -> IntentResult:
+    def _intent(
+        self,
+        encoded: EncoderOutput,
+        found: list[tuple[int, Ask]],
+        sentences: list[int],
+        alone: dict[int, np.ndarray],
+    ) -> IntentResult:
         """Intent read from the asks (weighted by ask score), never from the opening lines.
 
         With no ask above the reporting threshold, the intent is read from the single most
         ask-like sentence: a one-line query ("card still not here") is often scored below the
         threshold yet is plainly what the customer wants, and the tier never depends on it then.
+        Each sentence's reading in context is averaged with its reading alone where there is one
+        (``asks.intent_reads_ask_alone_too``).
         """
         probs = encoded.sentence_probs.get("intent")
         if probs is None:
@@ -335,13 +381,9 @@ class Pipeline:
         if not len(probs):
             return IntentResult(reason="no sentence was read to take an intent from")
         labels = self.encoder.head_specs["intent"].labels
-        if not found:
-            ask_probs = encoded.sentence_probs.get("ask")
-            index = int(np.argmax(ask_probs)) if ask_probs is not None and len(ask_probs) else 0
-            best = int(np.argmax(probs[index]))
-            return IntentResult(label=labels[best], confidence=round(float(probs[index][best]), 4))
-        weights = np.array([ask.score for _, ask in found])
-        mixed = (probs[[index for index, _ in found]] * weights[:, None]).sum(0) / weights.sum()
+        weights = np.array([ask.score for _, ask in found]) if found else np.ones(len(sentences))
+        readings = np.stack([(probs[i] + alone[i]) / 2 if i in alone else probs[i] for i in sentences])
+        mixed = (readings * weights[:, None]).sum(0) / weights.sum()
         best = int(np.argmax(mixed))
         return IntentResult(label=labels[best], confidence=round(float(mixed[best]), 4))
 
