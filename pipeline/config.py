@@ -63,10 +63,17 @@ class AskConfig(BaseModel):
     max_asks: int = Field(default=5, ge=1, description="At most this many asks are reported, best first.")
     intent_reads_ask_alone_too: bool = Field(
         default=True,
-        description="Average each ask's intent read in its context with the same sentence read alone "
-        "(one short extra pass over the ask sentences of messages with more than one sentence). Long "
-        "background pulls an in-context reading off: on dev compositions (Banking77 dev utterances "
-        "buried in CFPB dev background) intent accuracy went from 0.813 to 0.838 (bare: 0.905).",
+        description="In long messages, average each ask's intent read in its context with the same "
+        "sentence read alone (one short extra pass over those ask sentences). Long background pulls "
+        "an in-context reading off: on dev compositions (Banking77 dev utterances buried in CFPB dev "
+        "background) intent accuracy went from 0.813 to 0.842 (bare: 0.905).",
+    )
+    intent_alone_min_words: int = Field(
+        default=100,
+        ge=0,
+        description="Only messages of at least this many words get the reading alone: in a short "
+        "message the context is what makes a terse ask ('What do I do?') readable, and reading it "
+        "alone only blurs a calibrated confidence (Banking77 test ECE 0.021 -> 0.065 without this).",
     )
 
 

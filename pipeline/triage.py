@@ -257,15 +257,17 @@ class Pipeline:
     def _read_intent_sentences_alone(self, readings: Sequence[Reading]) -> None:
         """Read the intent sentences of multi-sentence messages alone too, in one batched pass.
 
-        A one-sentence message is already read alone, so it needs no second pass.
+        A one-sentence message is already read alone, and in a short one the context is what makes
+        a terse ask readable, so only messages of ``asks.intent_alone_min_words`` words or more get it.
         """
-        if not self.config.asks.intent_reads_ask_alone_too or "intent" not in self.encoder.head_specs:
+        settings = self.config.asks
+        if not settings.intent_reads_ask_alone_too or "intent" not in self.encoder.head_specs:
             return
         wanted: list[tuple[Reading, int, str]] = []
         for reading in readings:
-            if len(reading.sentences) < 2:
-                continue
             body = reading.normalised.body.text
+            if len(reading.sentences) < 2 or len(body.split()) < settings.intent_alone_min_words:
+                continue
             for index in self._intent_sentences(reading):
                 sentence = reading.sentences[index]
                 wanted.append((reading, index, body[sentence.start : sentence.end]))

@@ -20,7 +20,7 @@ TEXT = "I moved house last month. My new card never arrived. Where is it?"
 @pytest.fixture(scope="module")
 def pipelines(tmp_path_factory: pytest.TempPathFactory) -> tuple[Pipeline, Pipeline]:
     # Threshold 0: every sentence is an ask, so the weighting by ask score is exercised too.
-    config = PipelineConfig(asks=AskConfig(threshold=0.0, max_asks=5))
+    config = PipelineConfig(asks=AskConfig(threshold=0.0, max_asks=5, intent_alone_min_words=5))
     folder = build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-intent", heads=HEADS, config=config)
     both = Pipeline.from_folder(folder)
     off_config = both.config.model_copy(deep=True)
@@ -77,6 +77,12 @@ def both_message(text: str):  # type: ignore[no-untyped-def]
     from pipeline.schema import Message
 
     return Message(text=text)
+
+
+def test_a_short_message_is_read_in_context_only(pipelines: tuple[Pipeline, Pipeline]) -> None:
+    both, in_context_only = pipelines
+    text = "Lost it. What now?"  # two sentences, under intent_alone_min_words (5)
+    assert both.route(text).intent == in_context_only.route(text).intent
 
 
 def test_setting_is_saved_with_the_model_config() -> None:
