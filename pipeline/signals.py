@@ -42,7 +42,6 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from spacy.attrs import IDX, LENGTH
 from spacy.errors import MatchPatternError
-from spacy.language import Language
 from spacy.matcher import Matcher, PhraseMatcher
 from spacy.tokens import Doc, Span, Token
 
@@ -482,10 +481,6 @@ def pattern_gates(pattern: list[dict[str, Any]]) -> tuple[frozenset[str], ...]:
 # =============================================================================== loading
 
 
-def _validation_vocab() -> Language:
-    return shared_english()
-
-
 def _key_path(loc: Sequence[int | str]) -> str:
     path = ""
     for part in loc:
@@ -495,7 +490,7 @@ def _key_path(loc: Sequence[int | str]) -> str:
 
 def _check_patterns(lexicon: SignalLexicon, source: str) -> None:
     """Compile every pattern with a validating Matcher so a bad one fails at load, by key."""
-    nlp = _validation_vocab()
+    nlp = shared_english()
     specs: list[tuple[str, MatchSpec]] = [(f"cues.{n}", g) for n, g in lexicon.cues.items()]
     for i, signal in enumerate(lexicon.signals):
         specs.extend((f"signals[{i}].rules[{j}]", rule) for j, rule in enumerate(signal.rules))

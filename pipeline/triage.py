@@ -297,7 +297,7 @@ class Pipeline:
         ]
         mentions = self.mention_finder.find(body) if self.mention_finder is not None else []
         product = self._product(encoded, mentions)
-        intent = self._intent(encoded, found, self._intent_sentences(reading), reading.intent_alone)
+        intent = self._intent(reading)
         evidence = RouteEvidence(
             asks=self._ask_evidence(encoded, found),
             signals=signals,
@@ -362,13 +362,7 @@ class Pipeline:
             label=settled, confidence=None if sure is None else round(sure, 4), mentions=mentions, reason=why
         )
 
-    def _intent(
-        self,
-        encoded: EncoderOutput,
-        found: list[tuple[int, Ask]],
-        sentences: list[int],
-        alone: dict[int, np.ndarray],
-    ) -> IntentResult:
+    def _intent(self, reading: Reading) -> IntentResult:
         """Intent read from the asks (weighted by ask score), never from the opening lines.
 
         With no ask above the reporting threshold, the intent is read from the single most
@@ -377,12 +371,15 @@ class Pipeline:
         Each sentence's reading in context is averaged with its reading alone where there is one
         (``asks.intent_reads_ask_alone_too``).
         """
-        probs = encoded.sentence_probs.get("intent")
+        assert reading.encoded is not None
+        probs = reading.encoded.sentence_probs.get("intent")
         if probs is None:
             return IntentResult(reason="this model has no intent head")
         if not len(probs):
             return IntentResult(reason="no sentence was read to take an intent from")
         labels = self.encoder.head_specs["intent"].labels
+        sentences, alone = self._intent_sentences(reading), reading.intent_alone
+        found = reading.asks
         weights = np.array([ask.score for _, ask in found]) if found else np.ones(len(sentences))
         readings = np.stack([(probs[i] + alone[i]) / 2 if i in alone else probs[i] for i in sentences])
         mixed = (readings * weights[:, None]).sum(0) / weights.sum()

@@ -155,11 +155,10 @@ def bench_in_process(model_dir: Path, texts: list[str], requests: int, batch: in
     (``batching.inference_thread``): routing on a thread other than the one that loaded the model
     measured about 1.6 times slower here, which would make the in-process floor meaningless.
     """
-    from pipeline.service.batching import inference_thread
-    from pipeline.triage import Pipeline
+    from pipeline.service.batching import inference_thread, load_pipeline_on
 
     with inference_thread() as worker:
-        pipeline = worker.submit(Pipeline.from_folder, model_dir).result()
+        pipeline = load_pipeline_on(worker, model_dir)
         result = worker.submit(_measure_in_process, pipeline, texts, requests, batch, deadline).result()
     return {"model_version": pipeline.model_version, "precision": pipeline.precision, **result}
 

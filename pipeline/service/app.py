@@ -45,6 +45,7 @@ from pipeline.service.batching import (
     Outcome,
     OverloadedError,
     inference_thread,
+    load_pipeline_on,
 )
 from pipeline.service.contract import (
     BatchRequest,
@@ -309,22 +310,15 @@ def create_app(
     _install_log_masking(masker)
     metrics = ServiceMetrics()
     retry_headers = {"Retry-After": str(settings.retry_after_s)}
-    executor_given = inference
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
-        inference = executor_given or inference_thread(settings.inference_threads)
+        executor = inference or inference_thread(settings.inference_threads)
         loaded = pipeline
         if loaded is None:
-            from pipeline.triage import Pipeline
-
             # Built on the thread that will run it (see batching.inference_thread for why).
-            try:
-                loaded = await loop.run_in_executor(inference, Pipeline.from_folder, settings.model_dir)
-            except BaseException:
-                inference.shutdown(wait=False)
-                raise
+            loaded = await asyncio.to_thread(load_pipeline_on, executor, settings.model_dir)
         is_sqlite = make_url(settings.database_url).get_backend_name() == "sqlite"
         db_executor = ThreadPoolExecutor(
             max_workers=1 if is_sqlite else 4, thread_name_prefix="hearken-decisions"
@@ -335,7 +329,7 @@ def create_app(
             max_wait_ms=settings.max_wait_ms,
             max_queue=settings.max_queue,
             metrics=metrics,
-            executor=inference,
+            executor=executor,
         )
         decision_log: DecisionLog | None = None
         try:

@@ -22,10 +22,15 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.errors import HearkenError
 from pipeline.schema import Message, TriageResult
 from pipeline.service.metrics import ServiceMetrics
+
+if TYPE_CHECKING:  # the service imports batching before it loads any model
+    from pipeline.triage import Pipeline
 
 log = logging.getLogger("pipeline.service")
 
@@ -67,6 +72,20 @@ def inference_thread(torch_threads: int | None = None) -> ThreadPoolExecutor:
             torch.set_num_threads(torch_threads)
 
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="hearken-inference", initializer=setup)
+
+
+def load_pipeline_on(inference: ThreadPoolExecutor, model_dir: Path | None) -> Pipeline:
+    """Build the pipeline on ``inference``, the thread that will route with it; blocks until loaded.
+
+    If loading fails, the thread is shut down (nothing will ever run on it) and the error raised.
+    """
+    from pipeline.triage import Pipeline
+
+    try:
+        return inference.submit(Pipeline.from_folder, model_dir).result()
+    except BaseException:
+        inference.shutdown(wait=False)
+        raise
 
 
 class MicroBatcher:

@@ -78,9 +78,8 @@ def serve(
 
     from pipeline.service.app import create_app
     from pipeline.service.auth import load_access
-    from pipeline.service.batching import inference_thread
+    from pipeline.service.batching import inference_thread, load_pipeline_on
     from pipeline.service.settings import ServiceSettings
-    from pipeline.triage import Pipeline
 
     values: dict[str, Any] = {
         "model_dir": model,
@@ -117,11 +116,7 @@ def serve(
         typer.echo(f"loading model from {model or 'the default model folder'} ...", err=True)
         # Loaded on the thread that will route (see batching.inference_thread for why).
         inference = inference_thread(settings.inference_threads)
-        try:
-            pipeline = inference.submit(Pipeline.from_folder, model).result()
-        except BaseException:
-            inference.shutdown(wait=False)
-            raise
+        pipeline = load_pipeline_on(inference, model)
         app = create_app(settings, pipeline, inference=inference)
     except HearkenError as error:
         typer.echo(f"error: {error}", err=True)
