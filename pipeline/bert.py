@@ -281,6 +281,8 @@ def describe_state_mismatch(module: nn.Module, state: Mapping[str, torch.Tensor]
     for key, tensor in state.items():
         if tuple(tensor.shape) != tuple(expected[key].shape):
             return f"tensor {key} has shape {tuple(tensor.shape)}, expected {tuple(expected[key].shape)}"
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        if tensor.is_floating_point() and tensor.numel() and not torch.isfinite(tensor.abs().max()):
+            # max propagates NaN and keeps inf: the same answer as isfinite(tensor).all(), which took
+            # 0.3 s over these weights (a tenth of a cold start) against 0.015 s for this.
             return f"tensor {key} contains NaN or infinite values"
     return None

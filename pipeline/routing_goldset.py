@@ -28,11 +28,11 @@ from pipeline.errors import DataError
 from pipeline.goldsets import lookup_texts, read_jsonl_rows
 
 ROUTING_GOLDSET_DIR = Path(__file__).resolve().parent.parent / "data" / "routing"
-ROUTING_SPLITS: tuple[str, ...] = ("dev", "test", "dev2")
-# dev2 is a second development set written fresh so rule tuning can be checked on phrasings it
-# was not tuned on; it is only worth that if it shares no message with the splits it must be
-# independent of, so the loader refuses any overlap instead of trusting the authors.
-INDEPENDENT_OF: dict[str, tuple[str, ...]] = {"dev2": ("dev", "test")}
+ROUTING_SPLITS: tuple[str, ...] = ("dev", "test", "dev2", "dev3")
+# dev2 and dev3 are further development sets written fresh so rule tuning can be checked on
+# phrasings it was not tuned on; each is only worth that if it shares no message with the splits
+# it must be independent of, so the loader refuses any overlap instead of trusting the authors.
+INDEPENDENT_OF: dict[str, tuple[str, ...]] = {"dev2": ("dev", "test"), "dev3": ("dev", "test", "dev2")}
 TIERS: tuple[str, ...] = ("none", "tier1", "tier2", "tier3")
 SOURCES: tuple[str, ...] = ("team", "cfpb_complaints")
 
@@ -231,7 +231,7 @@ def _check_independent(split: str, rows: list[tuple[str, dict]], folder: Path) -
 
 
 def load_routing_goldset(
-    split: Literal["dev", "test", "dev2"],
+    split: Literal["dev", "test", "dev2", "dev3"],
     data_dir: Path | str | None = None,
     *,
     goldset_dir: Path | str | None = None,
@@ -242,7 +242,8 @@ def load_routing_goldset(
     ``../shared/datasets``); it is only read when the split has public rows. ``goldset_dir``
     points at another copy of the label files (tests use it for corrupted copies). ``dev2`` is
     the second, team-written development set; it is refused if any of its texts is also in
-    ``dev`` or ``test`` (compared by hash, see ``INDEPENDENT_OF``). Raises
+    ``dev`` or ``test``. ``dev3`` (team-written and CFPB rows) is refused if any of its texts is
+    also in ``dev``, ``test`` or ``dev2`` (compared by hash, see ``INDEPENDENT_OF``). Raises
     ``DataError`` naming the file and line for a malformed row, an unknown tier, signal or
     product, a span outside its text, a tier that contradicts the signals, or a text whose
     sha256 differs from what the labeller saw.

@@ -632,19 +632,30 @@ class _DocIndex:
             while s + 1 < len(sent_bounds) - 1 and i >= sent_bounds[s + 1]:
                 s += 1
             self.word_sentences.setdefault(word, set()).add(s)
+        # A set (not the dict) so that ``gate & words`` walks the smaller side: most gates are a few
+        # words, most narratives a few hundred distinct ones.
+        self.words = frozenset(self.word_sentences)
         self._spans: dict[int, Span] = {}
+        self._with: dict[int, frozenset[int]] = {}  # id(pattern) -> its sentences, once per doc
+        self._all = frozenset(range(self.n_sentences))
 
-    def sentences_with(self, pattern: _TokenPattern) -> set[int]:
-        """Sentences that contain at least one word of each of the pattern's gates."""
-        result: set[int] | None = None
+    def sentences_with(self, pattern: _TokenPattern) -> frozenset[int]:
+        """Sentences that contain at least one word of each of the pattern's gates (cached per doc)."""
+        key = id(pattern)
+        cached = self._with.get(key)
+        if cached is not None:
+            return cached
+        result: frozenset[int] | set[int] = self._all
         for gate in pattern.gates:
             found: set[int] = set()
-            for word in gate.intersection(self.word_sentences):
+            for word in gate & self.words:
                 found |= self.word_sentences[word]
-            result = found if result is None else result & found
+            result = found if result is self._all else result & found
             if not result:
-                return set()
-        return set(range(self.n_sentences)) if result is None else result
+                break
+        frozen = frozenset(result)
+        self._with[key] = frozen
+        return frozen
 
     def sentence_of(self, token: int) -> int:
         return bisect.bisect_right(self.bounds, token) - 1
@@ -789,7 +800,7 @@ class SignalDetector:
             for pattern in self._patterns.get(entry.key, ()):
                 candidates = index.sentences_with(pattern)
                 if allowed is not None:
-                    candidates &= allowed
+                    candidates = candidates & allowed
                 for s in sorted(candidates):
                     offset = index.bounds[s]
                     matches.extend((a + offset, b + offset) for _, a, b in pattern.matcher(index.span(s)))

@@ -1,6 +1,7 @@
 """Benchmark routing (issue 4) on the hand-labelled routing set, baselines in the same run.
 
     python scripts/bench_routing.py [--model models/hearken-default] [--split test]
+                                    [--policy pipeline/policies/consumer_finance]
                                     [--out scripts/results/routing.json]
 
 Through the one ``Pipeline`` object that serving and re-triage use, on ``data/routing/<split>``:
@@ -9,6 +10,11 @@ the share sent to human review and tier accuracy on the rest, and two baselines:
 for the signals and "tier from the first sentence". The risk-coverage curve of the calibrated
 confidence on this split is saved as a PNG next to the JSON. Nothing here tunes anything: the
 calibration and review threshold were fitted on the dev split by ``hearken calibrate``.
+
+``--policy`` measures another routing policy (a YAML file or its folder, e.g. the working-tree
+``pipeline/policies/consumer_finance``) instead of the copy saved in the model folder; the route
+confidence is then uncalibrated (the calibration belongs to the saved policy), which changes
+neither signals nor tiers. ``dev2`` and ``dev3`` are the further development splits.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.route_calibration import risk_coverage  # noqa: E402
 from pipeline.routing_evaluation import evaluate_routing, route_all  # noqa: E402
-from pipeline.routing_goldset import load_routing_goldset  # noqa: E402
+from pipeline.routing_goldset import ROUTING_SPLITS, load_routing_goldset  # noqa: E402
 from pipeline.triage import Pipeline  # noqa: E402
 
 
@@ -55,11 +61,14 @@ def plot_risk_coverage(points: list[dict], threshold: float, path: Path) -> None
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=None)
-    parser.add_argument("--split", default="test", choices=["dev", "test"])
+    parser.add_argument("--split", default="test", choices=list(ROUTING_SPLITS))
+    parser.add_argument(
+        "--policy", type=Path, default=None, help="routing policy YAML or folder (default: the model's)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "scripts" / "results" / "routing.json")
     args = parser.parse_args()
 
-    pipeline = Pipeline.from_folder(args.model)
+    pipeline = Pipeline.from_folder(args.model, policy=args.policy)
     gold = load_routing_goldset(args.split)
     started = time.perf_counter()
     report = evaluate_routing(pipeline, gold)
@@ -71,6 +80,7 @@ def main() -> None:
     )
     report["risk_coverage"] = [p.model_dump() for p in curve]
     report["split"] = args.split
+    report["policy"] = str(args.policy) if args.policy else "model folder"
     report["seconds"] = round(seconds, 1)
     report["machine"] = {
         "python": platform.python_version(),

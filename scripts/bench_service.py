@@ -379,7 +379,7 @@ def main() -> None:
     )
     parser.add_argument("--texts", type=int, default=300, help="Distinct messages cycled through.")
     parser.add_argument("--max-batch", type=int, default=16, help="Server micro-batch size.")
-    parser.add_argument("--max-wait-ms", type=float, default=2.0, help="Server micro-batch wait.")
+    parser.add_argument("--max-wait-ms", type=float, default=0.0, help="Server micro-batch wait.")
     parser.add_argument("--data-dir", default=None, help="Shared data sets folder (default: resolved).")
     parser.add_argument("--start-timeout", type=float, default=300.0, help="Seconds to wait for /readyz.")
     parser.add_argument("--max-seconds", type=float, default=3600.0, help="Hard cap for the whole run.")

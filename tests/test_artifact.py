@@ -76,10 +76,24 @@ def test_weights_of_the_wrong_shape_are_refused(model_copy: Path):
         load_model(model_copy)
 
 
-def test_nan_weights_are_refused(model_copy: Path):
-    state = dict(load_model(model_copy).net.state_dict())
-    key = next(iter(state))
-    state[key] = torch.full_like(state[key], float("nan"))
+@pytest.mark.parametrize(
+    ("bad", "where", "dtype"),
+    [
+        (float("nan"), "all", torch.float32),
+        (float("nan"), "one", torch.bfloat16),
+        (float("inf"), "one", torch.float32),
+        (float("-inf"), "one", torch.bfloat16),
+    ],
+)
+def test_nan_weights_are_refused(model_copy: Path, bad: float, where: str, dtype: torch.dtype):
+    state = {k: v.to(dtype) for k, v in load_model(model_copy).net.state_dict().items()}
+    key = list(state)[len(state) // 2]
+    if where == "all":
+        state[key] = torch.full_like(state[key], bad)
+    else:  # one bad value among ordinary weights, somewhere in the middle
+        flat = state[key].clone().view(-1)
+        flat[flat.numel() // 2] = bad
+        state[key] = flat.view(state[key].shape)
     save_file({k: v.contiguous() for k, v in state.items()}, str(model_copy / WEIGHTS))
     _rewrite_manifest_hash(model_copy, WEIGHTS)
     with pytest.raises(ModelLoadError, match="NaN"):

@@ -291,3 +291,107 @@ def test_a_dev2_row_copied_from_dev_is_refused(tmp_path: Path, respell: Callable
         load_routing_goldset("dev2", goldset_dir=tmp_path)
     assert "also in dev.jsonl" in str(error.value)
     assert error.value.fix
+
+
+# --- dev3: team-written and CFPB rows, written before the round-3 lexicon changes ----------------
+
+
+@pytest.fixture(scope="module")
+def dev3() -> list[RoutingGoldMessage]:
+    return load_routing_goldset("dev3")
+
+
+def test_dev3_mixes_team_and_public_rows_with_sequential_ids(dev3: list[RoutingGoldMessage]) -> None:
+    assert [m.id for m in dev3] == [f"d3-{n:04d}" for n in range(1, len(dev3) + 1)]
+    assert len(dev3) >= 150
+    sources = Counter(m.source for m in dev3)
+    assert sources["team"] >= 100 and sources["cfpb_complaints"] >= 50
+    assert all(m.kind == "cfpb_real" for m in dev3 if m.source == "cfpb_complaints")
+    assert set(Counter(m.tier for m in dev3)) == set(TIERS)
+    assert sum(not m.signals for m in dev3) >= 25  # plain messages and hard negatives
+    # The last 45 rows are the check rows (never tuned on); they mix both sources.
+    check = dev3[-45:]
+    assert {m.source for m in check} == {"team", "cfpb_complaints"}
+
+
+def test_dev3_stores_no_public_text(dev3: list[RoutingGoldMessage]) -> None:
+    rows = [
+        json.loads(line)
+        for line in (ROUTING_GOLDSET_DIR / "dev3.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
+    assert len(rows) == len(dev3)
+    for row, m in zip(rows, dev3, strict=True):
+        assert (row["text"] is None) == (row["source"] == "cfpb_complaints"), m.id
+        assert hashlib.sha256(m.text.encode("utf-8")).hexdigest() == row["text_sha256"], m.id
+        for start, end in [(s.start, s.end) for s in m.signals] + list(m.asks):
+            piece = m.text[start:end]
+            assert piece and piece == piece.strip(), (m.id, start, end)
+        names = [s.name for s in m.signals]
+        assert len(names) == len(set(names)), m.id
+        assert (m.tier == "tier3") == any(n in ESCALATING_SIGNALS for n in names), m.id
+
+
+def test_dev3_covers_every_signal_and_quoted_history(dev3: list[RoutingGoldMessage]) -> None:
+    positives = Counter(name for m in dev3 for name in {s.name for s in m.signals})
+    too_few = {name: positives[name] for name in ROUTING_SIGNALS if positives[name] < 5}
+    assert not too_few, too_few
+    assert sum(any(s.in_quoted_history for s in m.signals) for m in dev3) >= 2
+    assert sum(m.language != "en" for m in dev3) >= 3
+
+
+def test_dev3_shares_no_text_with_dev_dev2_or_test(dev3: list[RoutingGoldMessage]) -> None:
+    """Compared by hash only, so running this never shows a test text."""
+
+    def digest(text: str) -> str:
+        return hashlib.sha256(" ".join(text.lower().split()).encode("utf-8")).hexdigest()
+
+    others = {digest(m.text) for split in ("dev", "dev2", "test") for m in load_routing_goldset(split)}
+    assert not {digest(m.text) for m in dev3} & others
+    assert len({m.text for m in dev3}) == len(dev3)
+    public = [m.row_id for m in dev3 if m.row_id is not None]
+    assert len(public) == len(set(public))
+
+
+def test_a_dev3_row_copied_from_dev2_is_refused(tmp_path: Path) -> None:
+    for name in ("dev.jsonl", "test.jsonl", "dev2.jsonl"):
+        shutil.copyfile(ROUTING_GOLDSET_DIR / name, tmp_path / name)
+    dev2_lines = (ROUTING_GOLDSET_DIR / "dev2.jsonl").read_text(encoding="utf-8").splitlines()
+    copied = json.loads(dev2_lines[7])["text"]
+    rows = [
+        json.loads(line)
+        for line in (ROUTING_GOLDSET_DIR / "dev3.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
+    team = next(i for i, r in enumerate(rows) if r["source"] == "team")
+    text = "  " + copied.upper() + " "
+    rows[team].update(
+        text=text,
+        text_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        signals=[],
+        asks=[],
+        tier="none",
+    )
+    (tmp_path / "dev3.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    with pytest.raises(DataError, match=re.escape(f"dev3.jsonl:{team + 1}")) as error:
+        load_routing_goldset("dev3", goldset_dir=tmp_path)
+    assert "also in dev2.jsonl" in str(error.value)
+
+
+def test_a_dev3_public_row_already_in_dev_is_refused(tmp_path: Path) -> None:
+    for name in ("dev.jsonl", "test.jsonl", "dev2.jsonl"):
+        shutil.copyfile(ROUTING_GOLDSET_DIR / name, tmp_path / name)
+    used = next(
+        json.loads(line)
+        for line in (ROUTING_GOLDSET_DIR / "dev.jsonl").read_text(encoding="utf-8").splitlines()
+        if json.loads(line)["source"] == "cfpb_complaints"
+    )
+    rows = [
+        json.loads(line)
+        for line in (ROUTING_GOLDSET_DIR / "dev3.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
+    public = next(i for i, r in enumerate(rows) if r["source"] == "cfpb_complaints")
+    rows[public].update(
+        row_id=used["row_id"], text_sha256=used["text_sha256"], signals=[], asks=[], tier="tier2"
+    )
+    (tmp_path / "dev3.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    with pytest.raises(DataError, match=re.escape("also in dev.jsonl")):
+        load_routing_goldset("dev3", goldset_dir=tmp_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import platform
 import threading
 import time
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from pipeline.service.app import create_app
 from pipeline.service.auth import API_KEYS_ENV
 from pipeline.service.batching import (
     BatcherStoppedError,
+    HeapTrimmer,
     InferenceFailedError,
     MicroBatcher,
     OverloadedError,
@@ -230,3 +232,40 @@ def test_overload_and_stop() -> None:
 
     asyncio.run(scenario())
     assert ["q1"] not in calls and ["q2"] not in calls
+
+
+def test_heap_is_trimmed_on_the_inference_thread_between_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[list[str]] = []
+    trims: list[str] = []
+
+    async def scenario() -> None:
+        batcher = MicroBatcher(
+            _fake_route_batch(calls), max_batch=4, max_wait_ms=0, max_queue=10, trim_interval_s=0.05
+        )
+        record = lambda pad: trims.append(threading.current_thread().name)  # noqa: E731
+        monkeypatch.setattr(batcher._trimmer, "_trim", record)
+        await batcher.start()
+        assert await batcher.submit([Message(id="a", text="x")]) == ["routed:a"]
+        assert trims == []  # not due yet: the interval runs from start
+        await asyncio.sleep(0.06)
+        assert await batcher.submit([Message(id="b", text="x")]) == ["routed:b"]
+        await asyncio.sleep(0.01)  # the trim runs after the results are delivered
+        assert await batcher.submit([Message(id="c", text="x")]) == ["routed:c"]
+        await batcher.stop()
+
+    asyncio.run(scenario())
+    assert len(trims) == 1 and trims[0].startswith("hearken-inference")
+
+
+def test_heap_trimmer_finds_malloc_trim_on_glibc_and_never_trims_when_disabled() -> None:
+    disabled = HeapTrimmer(0.0)
+    disabled._last -= 3600
+    assert disabled._trim is None and not disabled.due
+    trimmer = HeapTrimmer(60.0)
+    assert not trimmer.due
+    trimmer._last -= 61
+    assert trimmer.due == (platform.libc_ver()[0] != "glibc" or trimmer._trim is not None)
+    if platform.libc_ver()[0] == "glibc":  # CI runs on glibc: the real C function is found and called
+        assert trimmer._trim is not None
+        trimmer.trim()
+        assert not trimmer.due

@@ -813,3 +813,159 @@ def test_generalised_families(detector: SignalDetector, signal: str, text: str) 
 @pytest.mark.parametrize(("signal", "text"), GENERALISED_NEGATIVES)
 def test_generalised_negatives(detector: SignalDetector, signal: str, text: str) -> None:
     assert signal not in names(detector, text)
+
+
+# =============================================================================== round 3 (dev3)
+# Phrasings written for the third round, to check that the lexicon generalises beyond the wording
+# of dev/dev2: lemma and synonym sets, optional words and relative clauses, not one row's phrase.
+
+ROUND3_FAMILIES = {
+    "repeat_failure": [
+        "You fixed my address in May and now the statements are going to the old address again.",
+        "The duplicate charge you reversed on Monday has been charged to my account again.",
+        "My direct deposit was rejected once more, even though you said the problem was solved.",
+        "The late payment you removed from my credit report is showing up again this month.",
+        "They removed the collection, but a while later they put it back on.",
+        "Today the fee was taken out of my account a second time for the same purchase.",
+        "since monday i cannot log in again, same error code",
+    ],
+    "unanswered_contact": [
+        "Your agent promised a call back within 24 hours. That never happened.",
+        "I've emailed your complaints team three times and heard absolutely nothing.",
+        "No one had gotten back to me.",
+        "I have had nothing back, not even an acknowledgement.",
+        "chased on the 9th and the 16th. zero replies.",
+        "been waiting on the callback the guy promised on friday",
+        "Ich habe dreimal angerufen und niemand hat mich zurückgerufen.",
+    ],
+    "bounced_between_agents": [
+        "Your online chat says the payment is pending but the phone team says it was returned.",
+        "Deferment said to call servicing, and servicing put me back to deferment.",
+        "They continuously transfer or misdirect me without answering.",
+        "The branch says the hold is the call centre's decision.",
+        "The gentleman on the phone said it was a branch matter.",
+        "I have spoken with four of your staff and received four different figures.",
+        "I was told by some reps that the check had arrived, and by others that it had not.",
+        "She transferred me to another department and the new agent said she could not help.",
+        "The last three replies were copy and paste and none of them mention my refund.",
+        "The lady at the branch told me the exact opposite.",
+    ],
+    "public_threat": [
+        "Maybe the newspapers would like to hear about this.",
+        "I'm writing to the Evening Courier's consumer column this weekend unless I hear back.",
+        "I have a fairly large following on Instagram and I'm happy to share how you treat customers.",
+        "The thread I started on reddit about your app has 2k upvotes.",
+        "I have a review half-written for Trustpilot and it goes live on Friday.",
+    ],
+    "legal_threat": [
+        "I have spoken to a solicitor about this.",
+        "If my issues are not corrected I will escalate this matter to federal court.",
+        "I reserve all my rights, including the right to bring a claim in the county court.",
+        "My cousin is a lawyer and she's drafting a letter to you.",
+        "Expect a letter before claim from me at the end of the week.",
+        "I am filing a motion to vacate the judgment.",
+    ],
+    "regulator_threat": [
+        "I also put all of this into a complaint at consumerfinance.gov.",
+    ],
+    "manager_request": [
+        "I want my case reviewed by a manager.",
+        "I want this looked at by someone more senior than a call centre agent.",
+        "Please have it dealt with by a senior member of staff.",
+        "Please put me through to whoever is in charge of complaints.",
+        "Who is your boss?",
+    ],
+    "charged_not_delivered": [
+        "I paid the $35 expedite fee with my payoff and six weeks later I still don't have the title.",
+        "The dealer still doesn't have the cashier's check and the money's gone from my account.",
+        "They charged me a $45 wire fee and my supplier says nothing has come in.",
+        "I paid off the loan and they are stonewalling on sending the release of lien.",
+        "You charged me the $30 stop payment fee but the check was paid anyway.",
+        "I paid for express delivery but the card you promised has not come.",
+    ],
+    "long_wait": [
+        "The money never showed up on the card. That was two and a half weeks ago.",
+        "That was 19 days ago.",
+        "It has been over a month since you promised the replacement card.",
+    ],
+    "hardship": [
+        "We filed chapter 7 in March.",
+        "I am low income and this debt is crippling.",
+        "I told him I have no money.",
+        "There is no way I can afford that.",
+        "I'm an indigent person now.",
+        "I had covid in March and was off work.",
+    ],
+    "vulnerable_customer": [
+        "I went to the branch about my dad being deceased.",
+        "I sent them the death certificate as executor of her estate.",
+        "I now know it was a scam.",
+        "My son has explained to me that it was a scam.",
+    ],
+}
+ROUND3_NEGATIVES = [
+    ("legal_threat", "URGENT: Your account will face LEGAL ACTION unless you verify your details."),
+    ("legal_threat", "I am now being sued for the balance plus attorney fees."),
+    ("public_threat", "Left you a 5-star review on Trustpilot, the branch staff were wonderful."),
+    (
+        "repeat_failure",
+        "Last spring your fraud team sorted a card problem for me; hoping for the same again.",
+    ),
+    ("repeat_failure", "I'd like my statements to keep coming by post."),
+    ("manager_request", "I finally escalated my request to a supervisor and it was processed."),
+    ("manager_request", "The mortgage comes with a higher rate for a senior member of the household."),
+    ("hardship", "Applied for the hardship deferral on my student loan in March."),
+    ("hardship", "Do you offer any financial hardship programmes for customers?"),
+    ("hardship", "I started receiving letters about this card around COVID."),
+    ("hardship", "I can't pay my rent until you release the hold on my paycheck deposit!"),
+    ("hardship", "This has caused undue financial hardship."),
+    ("vulnerable_customer", "Thank you for all your help closing my late father's account last spring."),
+    ("vulnerable_customer", "They coerced me into believing the other company could help."),
+    ("charged_not_delivered", "I was told they never received my fax and would have to send it again."),
+]
+
+
+@pytest.mark.parametrize(("signal", "text"), [(s, t) for s, ts in ROUND3_FAMILIES.items() for t in ts])
+def test_round3_families(detector: SignalDetector, signal: str, text: str) -> None:
+    assert signal in names(detector, text)
+
+
+@pytest.mark.parametrize(("signal", "text"), ROUND3_NEGATIVES)
+def test_round3_negatives(detector: SignalDetector, signal: str, text: str) -> None:
+    assert signal not in names(detector, text)
+
+
+@pytest.mark.parametrize(
+    ("signal", "text"),
+    [
+        ("legal_threat", "I have not spoken to a solicitor and I don't plan to."),
+        ("public_threat", "I'm not going to write to the newspaper's consumer column about this."),
+        ("manager_request", "No need to have it dealt with by a senior member of staff."),
+        ("repeat_failure", "If the fee you reversed is charged again I will call."),
+        ("charged_not_delivered", "If the title doesn't arrive after I pay off the loan, what do I do?"),
+        ("hardship", "If I ever had no money, could I pause the loan?"),
+    ],
+)
+def test_round3_negated_and_hypothetical(detector: SignalDetector, signal: str, text: str) -> None:
+    assert signal not in names(detector, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "If this is not fixed by Friday I'll write to the Evening Courier's consumer column.",
+        "Should the analysis not be corrected, I will escalate this matter to federal court.",
+    ],
+)
+def test_round3_conditional_threats_count(detector: SignalDetector, text: str) -> None:
+    assert names(detector, text) & {"public_threat", "legal_threat"}
+
+
+def test_sentence_gates_are_computed_once_per_doc(detector: SignalDetector) -> None:
+    """The word gates of a pattern are looked up once per message, whatever reads them (rule or cue)."""
+    text = "I paid $25 for express delivery. The card never arrived. I called twice and nobody called back."
+    first = detector.detect_text(text)
+    again = detector.detect_text(text)
+    assert [(s.name, s.start, s.end) for s in first] == [(s.name, s.start, s.end) for s in again]
+    assert {"charged_not_delivered", "unanswered_contact"} <= {s.name for s in first}
+    assert_round_trip(text, first)

@@ -330,6 +330,7 @@ def create_app(
             max_queue=settings.max_queue,
             metrics=metrics,
             executor=executor,
+            trim_interval_s=settings.trim_memory_interval_s,
         )
         decision_log: DecisionLog | None = None
         try:

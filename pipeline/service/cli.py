@@ -61,8 +61,14 @@ def serve(
         int, typer.Option(help="Most messages per pipeline call (micro-batch).", min=1)
     ] = 16,
     max_wait_ms: Annotated[
-        float, typer.Option(help="How long a micro-batch waits for more messages.", min=0.0, max=1000.0)
-    ] = 2.0,
+        float,
+        typer.Option(
+            help="How long a micro-batch waits for more messages (0: none; messages that arrive during a "
+            "pass form the next batch).",
+            min=0.0,
+            max=1000.0,
+        ),
+    ] = 0.0,
     max_queue: Annotated[int, typer.Option(help="Most messages waiting (503 beyond).", min=1)] = 1024,
     route_timeout: Annotated[
         float, typer.Option(help="Seconds a request may wait for routing (504).", min=0.01)
