@@ -34,6 +34,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from spacy.language import Language
 from spacy.matcher import PhraseMatcher
 from spacy.tokens import Doc, Span
 from spacy.util import filter_spans
@@ -176,17 +177,21 @@ def parse_catalogue(raw: Any, source: str, allowed_labels: Iterable[str] | None 
         ) from exc
 
 
-def load_catalogue(path: Path | str | None = None, allowed_labels: Iterable[str] | None = None) -> Catalogue:
+def load_catalogue(
+    path: Path | str | None = None, allowed_labels: Iterable[str] | None = None, text: str | None = None
+) -> Catalogue:
     """Read and validate a catalogue YAML (the default consumer-finance one when ``path`` is None).
 
     ``allowed_labels`` is the policy's (or the model's) product label set; pass it so that a
     catalogue written for another policy fails here, at load time, rather than producing labels
-    no queue knows. None skips that check.
+    no queue knows. None skips that check. ``text``: the file's content, already read (a policy
+    bundle's), so what is used is what was hashed.
     """
     path = Path(path) if path is not None else DEFAULT_CATALOGUE
     raw = read_yaml_file(
         path,
         "Catalogue file",
+        text=text,
         missing_fix="point the policy at an existing catalogue YAML",
         syntax_fix="correct the YAML syntax",
     )
@@ -201,9 +206,10 @@ def load_catalogue(path: Path | str | None = None, allowed_labels: Iterable[str]
 class MentionFinder:
     """Find catalogue products named in a message body; one instance serves every thread."""
 
-    def __init__(self, catalogue: Catalogue) -> None:
+    def __init__(self, catalogue: Catalogue, english: Language | None = None) -> None:
+        """``english``: the tokenizer and vocabulary to match on (the process-wide one by default)."""
         self.catalogue = catalogue
-        self.nlp = shared_english()  # tokenizer only: the same rules as the segmenter's
+        self.nlp = english or shared_english()  # tokenizer only: the same rules as the segmenter's
         self.matcher = PhraseMatcher(self.nlp.vocab, attr="LOWER")
         for entry in catalogue.products:
             self.matcher.add(entry.id, list(self.nlp.tokenizer.pipe(entry.aliases)))

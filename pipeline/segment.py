@@ -65,6 +65,14 @@ class SegmenterConfig(BaseModel):
         "'thanks').",
     )
     batch_size: int = Field(default=64, ge=1, description="Default batch size for segment_many (nlp.pipe).")
+    renew_vocabulary_after: int = Field(
+        default=200_000,
+        ge=0,
+        description="spaCy keeps every distinct word it has ever tokenised (about 40 MB per 100,000: order "
+        "numbers, names, typos), so a long-running service or a large backlog would grow without end. After "
+        "this many new words the pipeline rebuilds its spaCy stages on a fresh vocabulary (about half a "
+        "second, results unchanged). 0 never does.",
+    )
 
 
 @dataclass(frozen=True)
@@ -536,9 +544,10 @@ def _trim(text: str, start: int, end: int) -> tuple[int, int]:
 class Segmenter:
     """The segment stage: ``segment(text) -> list[Sentence]`` with offsets into ``text``."""
 
-    def __init__(self, config: SegmenterConfig | None = None) -> None:
+    def __init__(self, config: SegmenterConfig | None = None, english: Language | None = None) -> None:
+        """``english``: the tokenizer and vocabulary to share (the process-wide one by default)."""
         self.config = config or SegmenterConfig()
-        self.nlp = spacy.blank("en", vocab=shared_english().vocab)
+        self.nlp = spacy.blank("en", vocab=(english or shared_english()).vocab)
         self.nlp.add_pipe(
             RULES_COMPONENT,
             config={

@@ -42,6 +42,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from spacy.attrs import IDX, LENGTH
 from spacy.errors import MatchPatternError
+from spacy.language import Language
 from spacy.matcher import Matcher, PhraseMatcher
 from spacy.tokens import Doc, Span, Token
 
@@ -514,12 +515,16 @@ def _check_patterns(lexicon: SignalLexicon, source: str) -> None:
                 )
 
 
-def load_signal_lexicon(path: Path | str) -> SignalLexicon:
-    """Read and validate a signal lexicon YAML; every problem is a ``ConfigError`` naming file and key."""
+def load_signal_lexicon(path: Path | str, text: str | None = None) -> SignalLexicon:
+    """Read and validate a signal lexicon YAML; every problem is a ``ConfigError`` naming file and key.
+
+    ``text``: the file's content, already read (a policy bundle's), so what is used is what was hashed.
+    """
     path = Path(path)
     raw = read_yaml_file(
         path,
         "Signal lexicon",
+        text=text,
         missing_fix="point signals.lexicon at an existing YAML file, or leave it unset for the default "
         "lexicon",
         syntax_fix="fix the YAML syntax at the line shown (quote phrases that contain ':' or start with "
@@ -679,10 +684,14 @@ class SignalDetector:
     slots, and only near a possible match of the cue groups its rule requires.
     """
 
-    def __init__(self, lexicon: SignalLexicon, config: SignalConfig | None = None) -> None:
+    def __init__(
+        self, lexicon: SignalLexicon, config: SignalConfig | None = None, english: Language | None = None
+    ) -> None:
+        """``english``: the tokenizer and vocabulary to match on (the process-wide one by default); the
+        documents given to ``detect`` must come from the same vocabulary."""
         self.lexicon = lexicon
         self.config = config or SignalConfig()
-        self.nlp = shared_english()
+        self.nlp = english or shared_english()
         self.phrase_matcher = PhraseMatcher(self.nlp.vocab, attr="LOWER")
         self._entries: dict[int, _Compiled] = {}
         self._patterns: dict[str, list[_TokenPattern]] = {}
@@ -759,7 +768,7 @@ class SignalDetector:
     def detect_text(self, text: str) -> list[Signal]:
         """Normalise and segment ``text`` with the default stages, then detect (tests, debugging)."""
         if self._normaliser is None or self._segmenter is None:
-            self._normaliser, self._segmenter = Normaliser(), Segmenter()
+            self._normaliser, self._segmenter = Normaliser(), Segmenter(english=self.nlp)
         normalised = self._normaliser.normalise(text)
         body = self._segmenter.segment(normalised.body.text)
         history = self._segmenter.segment_many([h.text for h in normalised.history])

@@ -10,19 +10,23 @@ second inference path, so what is evaluated is exactly what is served.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import spacy
+from spacy.language import Language
 from tokenizers import Tokenizer
 
 from pipeline.artifact import LoadedModel, load_model
 from pipeline.asks import AskFinder
 from pipeline.basemodel import offline
-from pipeline.catalogue import MentionFinder, load_catalogue, settle_product
+from pipeline.catalogue import Catalogue, MentionFinder, load_catalogue, settle_product
 from pipeline.config import PipelineConfig
 from pipeline.encoder import EncoderOutput, HearkenNet, TextEncoder, load_tokenizer
+from pipeline.english import shared_english
 from pipeline.errors import HearkenError, InputError
 from pipeline.language import LanguageDetector, start_loading_identifier
 from pipeline.normalise import NormalisedMessage, Normaliser, check_text
@@ -47,7 +51,7 @@ from pipeline.schema import (
     TriageResult,
 )
 from pipeline.segment import Segmenter, Sentence
-from pipeline.signals import SignalDetector, load_signal_lexicon
+from pipeline.signals import SignalDetector, SignalLexicon, load_signal_lexicon
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +68,39 @@ def load_model_policy(model: LoadedModel, policy: Path | str | None = None) -> P
     if POLICY_FILE in model.extra_files:
         return load_policy(model.folder / POLICY_FILE)
     return load_policy()
+
+
+@dataclass(frozen=True)
+class TextStages:
+    """The spaCy stages (segment, signals, product mentions), built together on one vocabulary.
+
+    Why a unit: spaCy adds every word it tokenises to its vocabulary, so the stages are replaced
+    together, on a fresh vocabulary, once it has grown by ``segmenter.renew_vocabulary_after`` words.
+    A call that started on the old stages finishes on them (it holds this object), so a renewal
+    never mixes a document from one vocabulary with a matcher from another.
+    """
+
+    english: Language
+    segmenter: Segmenter
+    signal_detector: SignalDetector
+    mention_finder: MentionFinder | None
+    words_at_start: int
+
+    @classmethod
+    def build(
+        cls, english: Language, config: PipelineConfig, lexicon: SignalLexicon, catalogue: Catalogue | None
+    ) -> TextStages:
+        return cls(
+            english,
+            Segmenter(config.segmenter, english=english),
+            SignalDetector(lexicon, config.signals, english=english),
+            MentionFinder(catalogue, english=english) if catalogue is not None else None,
+            len(english.vocab),
+        )
+
+    def grown_by(self) -> int:
+        """New words in the vocabulary since these stages were built."""
+        return len(self.english.vocab) - self.words_at_start
 
 
 @dataclass
@@ -103,7 +140,6 @@ class Pipeline:
         self.config = config
         self.model_version = model_version
         self.normaliser = Normaliser(config.normaliser)
-        self.segmenter = Segmenter(config.segmenter)
         self.encoder = TextEncoder(net, tokenizer, config.encoder)
         self.ask_finder = AskFinder(config.asks)
         self.language = LanguageDetector(config.language)
@@ -112,15 +148,23 @@ class Pipeline:
         self.policy = policy or load_policy()
         self.router = Router(self.policy)
         rules = self.policy.policy
-        self.signal_detector = SignalDetector(
-            load_signal_lexicon(self.policy.folder / rules.signals_file), config.signals
+        # The lexicons are parsed from the text the bundle read and hashed, never re-read from disk:
+        # the calibration's policy hash then always describes the rules actually in use.
+        texts = self.policy.texts
+        self.signal_lexicon = load_signal_lexicon(
+            self.policy.folder / rules.signals_file, texts.get(rules.signals_file)
         )
         self.catalogue = (
-            load_catalogue(self.policy.folder / rules.catalogue_file, allowed_labels=rules.products)
+            load_catalogue(
+                self.policy.folder / rules.catalogue_file,
+                allowed_labels=rules.products,
+                text=texts.get(rules.catalogue_file),
+            )
             if rules.catalogue_file
             else None
         )
-        self.mention_finder = MentionFinder(self.catalogue) if self.catalogue is not None else None
+        self._text = TextStages.build(shared_english(), config, self.signal_lexicon, self.catalogue)
+        self._renewing = threading.Lock()
         self.calibration = calibration
         if calibration is not None and calibration.policy_sha256 == self.policy.sha256:
             self.calibrate: CalibrationFn = calibration.function()
@@ -180,6 +224,18 @@ class Pipeline:
     def precision(self) -> str:
         return self.encoder.precision
 
+    @property
+    def segmenter(self) -> Segmenter:
+        return self._text.segmenter
+
+    @property
+    def signal_detector(self) -> SignalDetector:
+        return self._text.signal_detector
+
+    @property
+    def mention_finder(self) -> MentionFinder | None:
+        return self._text.mention_finder
+
     def with_asks(self, *, threshold: float, max_asks: int) -> Pipeline:
         """The same model and stages with other ask reporting settings (threshold selection, probes).
 
@@ -224,9 +280,10 @@ class Pipeline:
                 normalised.append((index, message, self.normaliser.normalise(message.text)))
             except InputError as error:
                 outcomes[index] = error
-        sentence_lists = self.segmenter.segment_many([n.body.text for _, _, n in normalised])
+        text = self._text  # this call's spaCy stages, even if they are renewed meanwhile
+        sentence_lists = text.segmenter.segment_many([n.body.text for _, _, n in normalised])
         history_texts = [h.text for _, _, n in normalised for h in n.history]
-        history_lists = iter(self.segmenter.segment_many(history_texts))
+        history_lists = iter(text.segmenter.segment_many(history_texts))
         for (index, message, norm), sentences in zip(normalised, sentence_lists, strict=True):
             history = [next(history_lists) for _ in norm.history]
             readings.append((index, Reading(message, norm, sentences, history)))
@@ -243,8 +300,25 @@ class Pipeline:
                 )
         self._read_intent_sentences_alone([r for _, r in readings])
         for index, reading in readings:
-            outcomes[index] = self._result(reading)
+            outcomes[index] = self._result(reading, text)
+        self._renew_text_stages_if_grown(text)
         return [o for o in outcomes if o is not None]
+
+    def _renew_text_stages_if_grown(self, used: TextStages) -> None:
+        """Rebuild the spaCy stages on a fresh vocabulary once it has grown past the configured limit."""
+        limit = self.config.segmenter.renew_vocabulary_after
+        if not limit or used.grown_by() <= limit:
+            return
+        with self._renewing:
+            if self._text is not used:
+                return  # another thread renewed them already
+            if used.english is shared_english():
+                shared_english.cache_clear()  # let the grown vocabulary go once nobody holds it
+            self._text = TextStages.build(spacy.blank("en"), self.config, self.signal_lexicon, self.catalogue)
+            log.info(
+                "spaCy vocabulary grew by %d words; text stages rebuilt on a fresh vocabulary",
+                used.grown_by(),
+            )
 
     def _intent_sentences(self, reading: Reading) -> list[int]:
         """The sentences the intent is read from: the asks, else the single most ask-like sentence."""
@@ -279,7 +353,7 @@ class Pipeline:
             if len(probs) and output.sentence_scored[0]:
                 reading.intent_alone[index] = probs[0]
 
-    def _result(self, reading: Reading) -> TriageResult:
+    def _result(self, reading: Reading, text: TextStages) -> TriageResult:
         assert reading.encoded is not None
         message, encoded, body = reading.message, reading.encoded, reading.normalised.body
         found = reading.asks
@@ -291,11 +365,11 @@ class Pipeline:
         language = self.language.detect(body.text)[0] if readable else None
         signals = [
             signal.model_copy(update={"escalating": self.router.is_escalating(signal)})
-            for signal in self.signal_detector.detect(
+            for signal in text.signal_detector.detect(
                 reading.normalised, reading.sentences, reading.history_sentences
             )
         ]
-        mentions = self.mention_finder.find(body) if self.mention_finder is not None else []
+        mentions = text.mention_finder.find(body) if text.mention_finder is not None else []
         product = self._product(encoded, mentions)
         intent = self._intent(reading)
         evidence = RouteEvidence(

@@ -23,15 +23,20 @@ def parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=SafeLoader)
 
 
-def read_yaml_file(path: Path, what: str, *, missing_fix: str, syntax_fix: str) -> Any:
+def read_yaml_file(
+    path: Path, what: str, *, missing_fix: str, syntax_fix: str, text: str | None = None
+) -> Any:
     """Read and parse a UTF-8 YAML file; every failure is a ``ConfigError`` that names ``what`` and the file.
 
     One reader for the catalogue and the signal lexicon, so a missing, unreadable or malformed file
     is reported in the same words whichever it is; the fixes differ because the remedies do. A YAML
     error is put on one line (PyYAML's spans several) so that it stays one log record.
+
+    ``text``: the file's content when the caller has already read it (a policy bundle hashes the
+    text it read; parsing that same text, not a second read, keeps the hash true to what is used).
     """
     try:
-        return parse_yaml(path.read_text(encoding="utf-8"))
+        return parse_yaml(text if text is not None else path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ConfigError(f"{what} {path} not found: the path does not exist.", fix=missing_fix) from exc
     except (OSError, UnicodeDecodeError) as exc:

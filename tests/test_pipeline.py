@@ -89,3 +89,69 @@ def test_fields_a_model_cannot_decide_are_null_with_reasons(tiny_pipeline):
     assert result.product.label is None and result.product.reason
     assert result.intent.label is None and result.intent.reason
     assert result.route.tier in {"none", "tier1", "tier2", "tier3"} and result.route.reasons
+
+
+def test_the_lexicons_in_use_are_the_ones_the_policy_hash_describes(tiny_pipeline, tmp_path):
+    """A lexicon edited on disk after the policy was read must not slip in under the old hash."""
+    import shutil
+
+    from pipeline.policy import DEFAULT_POLICY, load_policy
+    from pipeline.triage import Pipeline
+
+    folder = tmp_path / "policy"
+    shutil.copytree(DEFAULT_POLICY.parent, folder)
+    bundle = load_policy(folder)
+    (folder / "signals.yaml").write_text("not: [a, valid lexicon")
+    (folder / "catalogue.yaml").write_text("products: 7")
+    pipeline = Pipeline(
+        tiny_pipeline.config,
+        tiny_pipeline.encoder.net,
+        tiny_pipeline.encoder.tokenizer,
+        tiny_pipeline.model_version,
+        policy=bundle,
+    )
+    result = pipeline.route("I will take legal action if my credit card refund is not paid this week.")
+    assert [s.name for s in result.signals] == ["legal_threat"]
+    assert [m.product_id for m in result.product.mentions] == ["credit_card"]
+    assert load_policy(folder).sha256 != bundle.sha256
+
+
+def _pipeline_like(pipeline, **segmenter):
+    from pipeline.triage import Pipeline
+
+    config = pipeline.config.model_copy(deep=True)
+    config.segmenter = config.segmenter.model_copy(update=segmenter)
+    return Pipeline(
+        config,
+        pipeline.encoder.net,
+        pipeline.encoder.tokenizer,
+        pipeline.model_version,
+        policy=pipeline.policy,
+    )
+
+
+def test_spacy_stages_are_rebuilt_on_a_fresh_vocabulary_and_results_do_not_change(tiny_pipeline):
+    """spaCy keeps every word it has seen; a long-running service must not grow with its traffic."""
+    messages = [
+        f"Order ZX{n}Q{n * 7} was charged twice and I will report you to the CFPB. "
+        f"Reference word{n}alpha word{n}beta. Can you refund it?"
+        for n in range(12)
+    ]
+    renewing = _pipeline_like(tiny_pipeline, renew_vocabulary_after=10)
+    steady = _pipeline_like(tiny_pipeline, renew_vocabulary_after=0)
+    first = renewing._text
+    renewed = [renewing.route(Message(id=str(i), text=m)) for i, m in enumerate(messages)]
+    expected = [steady.route(Message(id=str(i), text=m)) for i, m in enumerate(messages)]
+    assert renewing._text is not first  # rebuilt at least once
+    assert renewing._text.english is not first.english
+    assert renewing._text.grown_by() <= 10 + 20  # the fresh vocabulary holds at most the last message's words
+    assert [r.model_dump() for r in renewed] == [e.model_dump() for e in expected]
+    assert all(any(s.name == "regulator_threat" for s in r.signals) for r in renewed)
+
+
+def test_vocabulary_is_never_renewed_when_switched_off(tiny_pipeline):
+    steady = _pipeline_like(tiny_pipeline, renew_vocabulary_after=0)
+    first = steady._text
+    for n in range(5):
+        steady.route(f"Never seen before: qq{n}zz{n} kk{n}ww{n}.")
+    assert steady._text is first
