@@ -246,14 +246,27 @@ def batched(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
 
 
 def route_local(
-    pipeline: BatchRouter, batches: Iterable[list[Row]], workers: int = 1
+    pipeline: BatchRouter, batches: Iterable[list[Row]], workers: int = 1, torch_threads: int | None = None
 ) -> Iterator[list[RoutedRow]]:
     """Route batches in ``workers`` threads; yield results in input order.
 
     The caller's thread pulls the next input batch and writes finished ones while the workers run
     the model; at most ``workers + 1`` batches are in flight, which bounds memory.
+
+    ``torch_threads``: torch's intra-op threads in each worker. The setting is per thread: a worker
+    that is not told gets OpenMP's default (every CPU), so two workers would run twice as many
+    threads as there are CPUs, and a ``torch.set_num_threads`` made by the caller would be ignored.
     """
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hearken-route") as pool:
+
+    def set_torch_threads() -> None:
+        if torch_threads is not None:
+            import torch
+
+            torch.set_num_threads(torch_threads)
+
+    with ThreadPoolExecutor(
+        max_workers=workers, thread_name_prefix="hearken-route", initializer=set_torch_threads
+    ) as pool:
         pending: deque[Future[list[RoutedRow]]] = deque()
         try:
             for batch in batches:
@@ -268,18 +281,23 @@ def route_local(
 
 
 class _TorchThreads:
-    """Split torch's intra-op threads between worker threads for the duration of a run."""
+    """Split the caller's torch intra-op threads between worker threads for the duration of a run.
+
+    ``with`` gives the threads each worker should use (``route_local`` sets them in every worker).
+    """
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self.before: int | None = None
 
-    def __enter__(self) -> None:
-        if self.workers > 1:
-            import torch
+    def __enter__(self) -> int:
+        import torch
 
-            self.before = torch.get_num_threads()
-            torch.set_num_threads(max(1, self.before // self.workers))
+        threads = torch.get_num_threads()
+        if self.workers > 1:
+            self.before = threads
+            torch.set_num_threads(max(1, threads // self.workers))
+        return max(1, threads // self.workers)
 
     def __exit__(self, *exc: object) -> None:
         if self.before is not None:
@@ -518,5 +536,5 @@ def _route(
     if pipeline is None:
         raise ValueError("the local engine needs a pipeline")
     rows = read_rows(options.input, input_format, skip=skip)
-    with _TorchThreads(options.workers):
-        yield from route_local(pipeline, batched(rows, options.batch_size), options.workers)
+    with _TorchThreads(options.workers) as per_worker:
+        yield from route_local(pipeline, batched(rows, options.batch_size), options.workers, per_worker)

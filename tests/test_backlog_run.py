@@ -184,6 +184,49 @@ def test_two_worker_threads_keep_input_order(tmp_path: Path, tiny_pipeline) -> N
     assert one.read_text() == two.read_text()
 
 
+class ThreadRecorder:
+    """Wraps a pipeline; records torch's intra-op thread count seen by each routing thread."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.model_version = inner.model_version
+        self.seen: dict[str, int] = {}
+
+    def route_batch(self, messages):
+        import threading
+
+        import torch
+
+        self.seen[threading.current_thread().name] = torch.get_num_threads()
+        return self.inner.route_batch(messages)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_worker_threads_share_the_callers_torch_threads(tmp_path: Path, tiny_pipeline, workers: int) -> None:
+    """torch's thread setting is per thread: each worker must be given its share, not OpenMP's default."""
+    import torch
+
+    write_backlog(tmp_path / "in.jsonl", 12, bad=False)
+    options = RetriageOptions(
+        input=tmp_path / "in.jsonl",
+        output=tmp_path / "out.jsonl",
+        batch_size=2,
+        workers=workers,
+        progress=False,
+        write_report=False,
+    )
+    recorder = ThreadRecorder(tiny_pipeline)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run_retriage(options, recorder)
+        assert torch.get_num_threads() == 2  # the caller's setting is restored
+    finally:
+        torch.set_num_threads(before)
+    assert recorder.seen and all(name.startswith("hearken-route") for name in recorder.seen)
+    assert set(recorder.seen.values()) == {2 // workers}
+
+
 def test_a_batch_failure_rejects_only_the_culprit(tiny_pipeline) -> None:
     class Fragile:
         model_version = tiny_pipeline.model_version
