@@ -50,6 +50,7 @@ from pipeline.backlog_io import (
 )
 from pipeline.backlog_report import ReportContext, RouteTally, write_report
 from pipeline.errors import DataError, HearkenError
+from pipeline.heap import HeapTrimmer
 from pipeline.schema import Message, TriageResult
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,12 @@ class RetriageOptions(BaseModel):
         ge=1,
         description="Local engine: threads calling route_batch on the one shared pipeline (torch threads are "
         "split between them). Reading and writing always overlap inference in the main thread.",
+    )
+    trim_memory_interval_s: float = Field(
+        default=30.0,
+        ge=0.0,
+        description="Give memory the encoder has freed back to the operating system at most this often, "
+        "between batches (glibc malloc_trim, a few ms); 0 never does.",
     )
     engine: Engine = Field(default="local", description="local: this machine; ray: Ray Data actors.")
     ray_address: str | None = Field(
@@ -246,7 +253,11 @@ def batched(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
 
 
 def route_local(
-    pipeline: BatchRouter, batches: Iterable[list[Row]], workers: int = 1, torch_threads: int | None = None
+    pipeline: BatchRouter,
+    batches: Iterable[list[Row]],
+    workers: int = 1,
+    torch_threads: int | None = None,
+    trim_memory_interval_s: float = 0.0,
 ) -> Iterator[list[RoutedRow]]:
     """Route batches in ``workers`` threads; yield results in input order.
 
@@ -256,7 +267,9 @@ def route_local(
     ``torch_threads``: torch's intra-op threads in each worker. The setting is per thread: a worker
     that is not told gets OpenMP's default (every CPU), so two workers would run twice as many
     threads as there are CPUs, and a ``torch.set_num_threads`` made by the caller would be ignored.
+    ``trim_memory_interval_s``: see ``HeapTrimmer`` (0: never).
     """
+    trimmer = HeapTrimmer(trim_memory_interval_s)
 
     def set_torch_threads() -> None:
         if torch_threads is not None:
@@ -273,6 +286,7 @@ def route_local(
                 pending.append(pool.submit(route_rows, pipeline, batch))
                 while len(pending) > workers or (pending and pending[0].done()):
                     yield pending.popleft().result()
+                    trimmer.trim_if_due()
             while pending:
                 yield pending.popleft().result()
         finally:
@@ -537,4 +551,10 @@ def _route(
         raise ValueError("the local engine needs a pipeline")
     rows = read_rows(options.input, input_format, skip=skip)
     with _TorchThreads(options.workers) as per_worker:
-        yield from route_local(pipeline, batched(rows, options.batch_size), options.workers, per_worker)
+        yield from route_local(
+            pipeline,
+            batched(rows, options.batch_size),
+            options.workers,
+            per_worker,
+            options.trim_memory_interval_s,
+        )

@@ -29,6 +29,7 @@ from ray.data.datasource import Datasource, ReadTask
 
 from pipeline.backlog import RetriageOptions, batched, route_rows
 from pipeline.backlog_io import InputFormat, RoutedRow, Row, read_rows
+from pipeline.heap import HeapTrimmer
 from pipeline.schema import Message
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,9 @@ class BacklogDatasource(Datasource):
 class RayRouter:
     """A Ray Data actor: loads the pipeline once, then routes every batch it is given with ``route_rows``."""
 
-    def __init__(self, model_files: dict[str, bytes] | ray.ObjectRef, threads: int) -> None:
+    def __init__(
+        self, model_files: dict[str, bytes] | ray.ObjectRef, threads: int, trim_memory_interval_s: float = 0.0
+    ) -> None:
         import torch
 
         from pipeline.triage import Pipeline
@@ -161,9 +164,12 @@ class RayRouter:
         for name, data in model_files.items():
             (folder / name).write_bytes(data)
         self.pipeline = Pipeline.from_folder(folder)  # verifies every file against the manifest
+        self._trimmer = HeapTrimmer(trim_memory_interval_s)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return routed_to_table(route_rows(self.pipeline, table_to_rows(batch)))
+        routed = routed_to_table(route_rows(self.pipeline, table_to_rows(batch)))
+        self._trimmer.trim_if_due()
+        return routed
 
 
 def read_model_files(folder: Path) -> dict[str, bytes]:
@@ -206,8 +212,11 @@ def route_on_ray(options: RetriageOptions, input_format: InputFormat, skip: int)
         ).map_batches(
             RayRouter,
             fn_constructor_kwargs={
-                "model_files": read_model_files(folder),
+                # By reference: put in the object store once, not pickled into every actor's constructor
+                # (Ray warned of a 166 MB UDF and of constructor arguments lost on actor restarts).
+                "model_files": ray.put(read_model_files(folder)),
                 "threads": int(max(1, options.ray_cpus_per_actor)),
+                "trim_memory_interval_s": options.trim_memory_interval_s,
             },
             batch_size=options.batch_size,
             batch_format="pyarrow",

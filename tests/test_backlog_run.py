@@ -254,3 +254,28 @@ def test_binary_and_empty_text_are_rejected_with_the_pipeline_reason(tiny_pipeli
     assert routed[0].result_json is None and "Fix:" in routed[0].reject
     assert routed[1].result_json is None and "empty" in routed[1].reject
     assert routed[2].result_json is not None and routed[2].reject is None
+
+
+def test_freed_memory_is_trimmed_between_batches(
+    tmp_path: Path, tiny_pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.heap import HeapTrimmer
+
+    trims: list[int] = []
+    monkeypatch.setattr(HeapTrimmer, "_find_malloc_trim", staticmethod(lambda: trims.append))
+    write_backlog(tmp_path / "in.jsonl", 9, bad=False)
+    options = RetriageOptions(
+        input=tmp_path / "in.jsonl",
+        output=tmp_path / "out.jsonl",
+        batch_size=2,
+        progress=False,
+        write_report=False,
+    )
+    run_retriage(options.model_copy(update={"trim_memory_interval_s": 1e-9}), tiny_pipeline)
+    assert len(trims) >= 3  # between batches (5 batches of at most 2 rows)
+    trims.clear()
+    run_retriage(
+        options.model_copy(update={"output": tmp_path / "again.jsonl", "trim_memory_interval_s": 0.0}),
+        tiny_pipeline,
+    )
+    assert trims == []

@@ -14,12 +14,12 @@ import httpx
 import pytest
 
 from pipeline.errors import HearkenError
+from pipeline.heap import HeapTrimmer
 from pipeline.schema import Message, TriageResult
 from pipeline.service.app import create_app
 from pipeline.service.auth import API_KEYS_ENV
 from pipeline.service.batching import (
     BatcherStoppedError,
-    HeapTrimmer,
     InferenceFailedError,
     MicroBatcher,
     OverloadedError,

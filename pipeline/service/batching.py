@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.errors import HearkenError
+from pipeline.heap import HeapTrimmer
 from pipeline.schema import Message, TriageResult
 from pipeline.service.metrics import ServiceMetrics
 
@@ -94,44 +95,6 @@ def load_pipeline_on(inference: ThreadPoolExecutor, model_dir: Path | None) -> P
     except BaseException:
         inference.shutdown(wait=False)
         raise
-
-
-class HeapTrimmer:
-    """Hands memory that the process has freed back to the operating system, at most once an interval.
-
-    Why: messages of every length make the encoder allocate activations of many sizes, and glibc keeps
-    the freed chunks in its heap instead of returning them, so a long-running service's resident memory
-    sits well above what it uses, and a container limit sees the difference. Routing 1,350 messages in
-    random micro-batches measured 752 MB resident without trimming and 684 MB with ``malloc_trim``
-    every 50 batches; one trim took about 5 ms. A no-op where the C library has no ``malloc_trim``
-    (macOS, musl).
-    """
-
-    def __init__(self, interval_s: float) -> None:
-        self.interval_s = interval_s
-        self._trim = self._find_malloc_trim() if interval_s > 0 else None
-        self._last = time.monotonic()
-
-    @staticmethod
-    def _find_malloc_trim() -> Callable[[int], int] | None:
-        import ctypes
-        import ctypes.util
-
-        name = ctypes.util.find_library("c")
-        try:
-            return ctypes.CDLL(name).malloc_trim if name else None
-        except (OSError, AttributeError):
-            return None
-
-    @property
-    def due(self) -> bool:
-        return self._trim is not None and time.monotonic() - self._last >= self.interval_s
-
-    def trim(self) -> None:
-        """Trim now (run it on the thread that allocates, between batches)."""
-        if self._trim is not None:
-            self._trim(0)
-        self._last = time.monotonic()
 
 
 class MicroBatcher:
