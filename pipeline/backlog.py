@@ -269,16 +269,14 @@ def route_local(
     threads as there are CPUs, and a ``torch.set_num_threads`` made by the caller would be ignored.
     ``trim_memory_interval_s``: see ``HeapTrimmer`` (0: never).
     """
+    from pipeline.runtime import configure_threads
+
     trimmer = HeapTrimmer(trim_memory_interval_s)
-
-    def set_torch_threads() -> None:
-        if torch_threads is not None:
-            import torch
-
-            torch.set_num_threads(torch_threads)
-
     with ThreadPoolExecutor(
-        max_workers=workers, thread_name_prefix="hearken-route", initializer=set_torch_threads
+        max_workers=workers,
+        thread_name_prefix="hearken-route",
+        initializer=configure_threads,
+        initargs=(torch_threads,),
     ) as pool:
         pending: deque[Future[list[RoutedRow]]] = deque()
         try:
@@ -292,32 +290,6 @@ def route_local(
         finally:
             for future in pending:
                 future.cancel()
-
-
-class _TorchThreads:
-    """Split the caller's torch intra-op threads between worker threads for the duration of a run.
-
-    ``with`` gives the threads each worker should use (``route_local`` sets them in every worker).
-    """
-
-    def __init__(self, workers: int) -> None:
-        self.workers = workers
-        self.before: int | None = None
-
-    def __enter__(self) -> int:
-        import torch
-
-        threads = torch.get_num_threads()
-        if self.workers > 1:
-            self.before = threads
-            torch.set_num_threads(max(1, threads // self.workers))
-        return max(1, threads // self.workers)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.before is not None:
-            import torch
-
-            torch.set_num_threads(self.before)
 
 
 # ================================================================================= checkpoint
@@ -550,11 +522,14 @@ def _route(
     if pipeline is None:
         raise ValueError("the local engine needs a pipeline")
     rows = read_rows(options.input, input_format, skip=skip)
-    with _TorchThreads(options.workers) as per_worker:
-        yield from route_local(
-            pipeline,
-            batched(rows, options.batch_size),
-            options.workers,
-            per_worker,
-            options.trim_memory_interval_s,
-        )
+    import torch
+
+    # Each worker gets its share of the caller's threads; the caller only reads and writes meanwhile.
+    per_worker = max(1, torch.get_num_threads() // options.workers)
+    yield from route_local(
+        pipeline,
+        batched(rows, options.batch_size),
+        options.workers,
+        per_worker,
+        options.trim_memory_interval_s,
+    )

@@ -44,6 +44,19 @@ def write_backlog(path: Path, n: int, *, bad: bool = True) -> list[str]:
     return ids
 
 
+def small_run(tmp_path: Path, n: int, **overrides) -> RetriageOptions:
+    """Options for a quiet run (no progress bar, no report) over a fresh ``n``-row backlog of good rows."""
+    write_backlog(tmp_path / "in.jsonl", n, bad=False)
+    values = {
+        "input": tmp_path / "in.jsonl",
+        "output": tmp_path / "out.jsonl",
+        "batch_size": 2,
+        "progress": False,
+        "write_report": False,
+    }
+    return RetriageOptions(**{**values, **overrides})
+
+
 def output_ids(path: Path) -> list[str]:
     return [json.loads(line)["id"] for line in path.read_text().splitlines()]
 
@@ -173,11 +186,9 @@ def test_resume_refuses_another_input(tmp_path: Path, tiny_pipeline) -> None:
 
 
 def test_two_worker_threads_keep_input_order(tmp_path: Path, tiny_pipeline) -> None:
-    ids = write_backlog(tmp_path / "in.jsonl", 40, bad=False)
     one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
-    base = RetriageOptions(
-        input=tmp_path / "in.jsonl", output=one, batch_size=3, progress=False, write_report=False
-    )
+    base = small_run(tmp_path, 40, output=one, batch_size=3)
+    ids = output_ids(tmp_path / "in.jsonl")  # the input ids, in order
     run_retriage(base, tiny_pipeline)
     run_retriage(base.model_copy(update={"output": two, "workers": 2}), tiny_pipeline)
     assert output_ids(two) == ids
@@ -206,15 +217,7 @@ def test_worker_threads_share_the_callers_torch_threads(tmp_path: Path, tiny_pip
     """torch's thread setting is per thread: each worker must be given its share, not OpenMP's default."""
     import torch
 
-    write_backlog(tmp_path / "in.jsonl", 12, bad=False)
-    options = RetriageOptions(
-        input=tmp_path / "in.jsonl",
-        output=tmp_path / "out.jsonl",
-        batch_size=2,
-        workers=workers,
-        progress=False,
-        write_report=False,
-    )
+    options = small_run(tmp_path, 12, workers=workers)
     recorder = ThreadRecorder(tiny_pipeline)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -263,19 +266,10 @@ def test_freed_memory_is_trimmed_between_batches(
 
     trims: list[int] = []
     monkeypatch.setattr(HeapTrimmer, "_find_malloc_trim", staticmethod(lambda: trims.append))
-    write_backlog(tmp_path / "in.jsonl", 9, bad=False)
-    options = RetriageOptions(
-        input=tmp_path / "in.jsonl",
-        output=tmp_path / "out.jsonl",
-        batch_size=2,
-        progress=False,
-        write_report=False,
-    )
-    run_retriage(options.model_copy(update={"trim_memory_interval_s": 1e-9}), tiny_pipeline)
+    run_retriage(small_run(tmp_path, 9, trim_memory_interval_s=1e-9), tiny_pipeline)
     assert len(trims) >= 3  # between batches (5 batches of at most 2 rows)
     trims.clear()
     run_retriage(
-        options.model_copy(update={"output": tmp_path / "again.jsonl", "trim_memory_interval_s": 0.0}),
-        tiny_pipeline,
+        small_run(tmp_path, 9, output=tmp_path / "again.jsonl", trim_memory_interval_s=0.0), tiny_pipeline
     )
     assert trims == []

@@ -33,6 +33,27 @@ from pipeline.routing_goldset import (
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def stored_rows(split: str) -> list[dict]:
+    """The label rows of ``data/routing/<split>.jsonl`` as stored (public rows without their text)."""
+    path = ROUTING_GOLDSET_DIR / f"{split}.jsonl"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def spelling_blind_digest(text: str) -> str:
+    """A hash that ignores case and spacing: a copied message respelled still collides."""
+    return hashlib.sha256(" ".join(text.lower().split()).encode("utf-8")).hexdigest()
+
+
+def check_spans_and_tier(m: RoutingGoldMessage) -> None:
+    """Every span a non-empty trimmed piece, each signal once, tier3 exactly with an escalating signal."""
+    for start, end in [(s.start, s.end) for s in m.signals] + list(m.asks):
+        piece = m.text[start:end]
+        assert piece and piece == piece.strip(), (m.id, start, end)
+    names = [s.name for s in m.signals]
+    assert len(names) == len(set(names)), m.id
+    assert (m.tier == "tier3") == any(n in ESCALATING_SIGNALS for n in names), m.id
+
+
 @pytest.fixture(scope="module")
 def splits() -> dict[str, list[RoutingGoldMessage]]:
     return {split: load_routing_goldset(split) for split in ("dev", "test")}
@@ -228,21 +249,13 @@ def test_dev2_has_160_team_messages_with_sequential_ids_and_six_other_languages(
 
 
 def test_dev2_spans_round_trip_to_the_stored_rows(dev2: list[RoutingGoldMessage]) -> None:
-    rows = [
-        json.loads(line)
-        for line in (ROUTING_GOLDSET_DIR / "dev2.jsonl").read_text(encoding="utf-8").splitlines()
-    ]
+    rows = stored_rows("dev2")
     assert len(rows) == len(dev2)
     for row, m in zip(rows, dev2, strict=True):
         assert hashlib.sha256(m.text.encode("utf-8")).hexdigest() == row["text_sha256"], m.id
         assert [[s.start, s.end] for s in m.signals] == [[s["start"], s["end"]] for s in row["signals"]], m.id
         assert [list(a) for a in m.asks] == row["asks"], m.id
-        for start, end in [(s.start, s.end) for s in m.signals] + list(m.asks):
-            piece = m.text[start:end]
-            assert piece and piece == piece.strip(), (m.id, start, end)
-        names = [s.name for s in m.signals]
-        assert len(names) == len(set(names)), m.id
-        assert (m.tier == "tier3") == any(n in ESCALATING_SIGNALS for n in names), m.id
+        check_spans_and_tier(m)
 
 
 def test_dev2_has_at_least_ten_positives_per_signal_and_quoted_history(
@@ -257,11 +270,10 @@ def test_dev2_has_at_least_ten_positives_per_signal_and_quoted_history(
 def test_dev2_shares_no_text_with_dev_or_test(dev2: list[RoutingGoldMessage]) -> None:
     """Compared by hash only, so running this never shows a test text."""
 
-    def digest(text: str) -> str:
-        return hashlib.sha256(" ".join(text.lower().split()).encode("utf-8")).hexdigest()
-
-    tuned_on = {digest(m.text) for split in ("dev", "test") for m in load_routing_goldset(split)}
-    assert not {digest(m.text) for m in dev2} & tuned_on
+    tuned_on = {
+        spelling_blind_digest(m.text) for split in ("dev", "test") for m in load_routing_goldset(split)
+    }
+    assert not {spelling_blind_digest(m.text) for m in dev2} & tuned_on
     assert len({m.text for m in dev2}) == len(dev2)
 
 
@@ -269,15 +281,8 @@ def test_dev2_shares_no_text_with_dev_or_test(dev2: list[RoutingGoldMessage]) ->
 def test_a_dev2_row_copied_from_dev_is_refused(tmp_path: Path, respell: Callable[[str], str]) -> None:
     for name in ("dev.jsonl", "test.jsonl"):
         shutil.copyfile(ROUTING_GOLDSET_DIR / name, tmp_path / name)
-    copied = next(
-        json.loads(line)["text"]
-        for line in (ROUTING_GOLDSET_DIR / "dev.jsonl").read_text(encoding="utf-8").splitlines()
-        if json.loads(line)["source"] == "team"
-    )
-    rows = [
-        json.loads(line)
-        for line in (ROUTING_GOLDSET_DIR / "dev2.jsonl").read_text(encoding="utf-8").splitlines()
-    ]
+    copied = next(r["text"] for r in stored_rows("dev") if r["source"] == "team")
+    rows = stored_rows("dev2")
     text = respell(copied)
     rows[4].update(
         text=text,
@@ -315,20 +320,12 @@ def test_dev3_mixes_team_and_public_rows_with_sequential_ids(dev3: list[RoutingG
 
 
 def test_dev3_stores_no_public_text(dev3: list[RoutingGoldMessage]) -> None:
-    rows = [
-        json.loads(line)
-        for line in (ROUTING_GOLDSET_DIR / "dev3.jsonl").read_text(encoding="utf-8").splitlines()
-    ]
+    rows = stored_rows("dev3")
     assert len(rows) == len(dev3)
     for row, m in zip(rows, dev3, strict=True):
         assert (row["text"] is None) == (row["source"] == "cfpb_complaints"), m.id
         assert hashlib.sha256(m.text.encode("utf-8")).hexdigest() == row["text_sha256"], m.id
-        for start, end in [(s.start, s.end) for s in m.signals] + list(m.asks):
-            piece = m.text[start:end]
-            assert piece and piece == piece.strip(), (m.id, start, end)
-        names = [s.name for s in m.signals]
-        assert len(names) == len(set(names)), m.id
-        assert (m.tier == "tier3") == any(n in ESCALATING_SIGNALS for n in names), m.id
+        check_spans_and_tier(m)
 
 
 def test_dev3_covers_every_signal_and_quoted_history(dev3: list[RoutingGoldMessage]) -> None:
@@ -342,11 +339,12 @@ def test_dev3_covers_every_signal_and_quoted_history(dev3: list[RoutingGoldMessa
 def test_dev3_shares_no_text_with_dev_dev2_or_test(dev3: list[RoutingGoldMessage]) -> None:
     """Compared by hash only, so running this never shows a test text."""
 
-    def digest(text: str) -> str:
-        return hashlib.sha256(" ".join(text.lower().split()).encode("utf-8")).hexdigest()
-
-    others = {digest(m.text) for split in ("dev", "dev2", "test") for m in load_routing_goldset(split)}
-    assert not {digest(m.text) for m in dev3} & others
+    others = {
+        spelling_blind_digest(m.text)
+        for split in ("dev", "dev2", "test")
+        for m in load_routing_goldset(split)
+    }
+    assert not {spelling_blind_digest(m.text) for m in dev3} & others
     assert len({m.text for m in dev3}) == len(dev3)
     public = [m.row_id for m in dev3 if m.row_id is not None]
     assert len(public) == len(set(public))
@@ -355,12 +353,8 @@ def test_dev3_shares_no_text_with_dev_dev2_or_test(dev3: list[RoutingGoldMessage
 def test_a_dev3_row_copied_from_dev2_is_refused(tmp_path: Path) -> None:
     for name in ("dev.jsonl", "test.jsonl", "dev2.jsonl"):
         shutil.copyfile(ROUTING_GOLDSET_DIR / name, tmp_path / name)
-    dev2_lines = (ROUTING_GOLDSET_DIR / "dev2.jsonl").read_text(encoding="utf-8").splitlines()
-    copied = json.loads(dev2_lines[7])["text"]
-    rows = [
-        json.loads(line)
-        for line in (ROUTING_GOLDSET_DIR / "dev3.jsonl").read_text(encoding="utf-8").splitlines()
-    ]
+    copied = stored_rows("dev2")[7]["text"]
+    rows = stored_rows("dev3")
     team = next(i for i, r in enumerate(rows) if r["source"] == "team")
     text = "  " + copied.upper() + " "
     rows[team].update(
@@ -379,15 +373,8 @@ def test_a_dev3_row_copied_from_dev2_is_refused(tmp_path: Path) -> None:
 def test_a_dev3_public_row_already_in_dev_is_refused(tmp_path: Path) -> None:
     for name in ("dev.jsonl", "test.jsonl", "dev2.jsonl"):
         shutil.copyfile(ROUTING_GOLDSET_DIR / name, tmp_path / name)
-    used = next(
-        json.loads(line)
-        for line in (ROUTING_GOLDSET_DIR / "dev.jsonl").read_text(encoding="utf-8").splitlines()
-        if json.loads(line)["source"] == "cfpb_complaints"
-    )
-    rows = [
-        json.loads(line)
-        for line in (ROUTING_GOLDSET_DIR / "dev3.jsonl").read_text(encoding="utf-8").splitlines()
-    ]
+    used = next(r for r in stored_rows("dev") if r["source"] == "cfpb_complaints")
+    rows = stored_rows("dev3")
     public = next(i for i, r in enumerate(rows) if r["source"] == "cfpb_complaints")
     rows[public].update(
         row_id=used["row_id"], text_sha256=used["text_sha256"], signals=[], asks=[], tier="tier2"
