@@ -152,13 +152,12 @@ class RayRouter:
     def __init__(
         self, model_files: dict[str, bytes] | ray.ObjectRef, threads: int, trim_memory_interval_s: float = 0.0
     ) -> None:
-        import torch
-
+        from pipeline.runtime import configure_threads
         from pipeline.triage import Pipeline
 
         if isinstance(model_files, ray.ObjectRef):  # Ray Data does not resolve refs in constructor kwargs
             model_files = ray.get(model_files)
-        torch.set_num_threads(max(1, threads))
+        configure_threads(max(1, threads))
         self._folder = tempfile.TemporaryDirectory(prefix="hearken-model-")
         folder = Path(self._folder.name)
         for name, data in model_files.items():

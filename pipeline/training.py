@@ -17,6 +17,7 @@ import math
 import random
 import time
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -56,6 +57,9 @@ TRAIN_CONFIG_FILE = "train_config.json"
 DEFAULT_TRAIN_CONFIG = PROJECT_ROOT / "pipeline" / "configs" / "default.yaml"
 
 
+ClassWeighting = Literal["none", "inverse_sqrt"]
+
+
 class EncoderInit(BaseModel):
     """Start from the pretrained base encoder, or (tests only) a tiny random one."""
 
@@ -81,6 +85,13 @@ class DataConfig(BaseModel):
         ),
     )
     intent_limit: int | None = Field(default=None, description="Cap on intent training utterances.")
+    intent_repeats: int = Field(
+        default=1,
+        ge=1,
+        description="Intent utterances are read this many times per epoch (short, so cheap; the "
+        "77-way head needs more passes than the long narratives); the extra copies train the intent "
+        "head only.",
+    )
     product: bool = Field(default=True, description="Train the product head on CFPB narratives (11 labels).")
     product_limit: int | None = Field(default=None, description="Cap on CFPB training narratives.")
     product_max_chars: int = Field(
@@ -114,6 +125,12 @@ class TrainConfig(BaseModel):
     loss_weights: dict[str, float] = Field(
         default_factory=lambda: {"ask": 1.0, "intent": 1.0, "product": 1.0},
         description="Loss weight per head.",
+    )
+    class_weighting: dict[str, ClassWeighting] = Field(
+        default_factory=dict,
+        description="Per multiclass head: 'inverse_sqrt' weights each class's loss by 1/sqrt(its "
+        "training count) and selects checkpoints by the head's balanced dev accuracy, for heads whose "
+        "training mix (a 2019 sample, mostly credit reporting) is not the mix they will route.",
     )
     epochs: float = Field(default=3.0, gt=0, description="Passes over the training messages.")
     max_steps: int | None = Field(default=None, ge=1, description="Stop after this many steps (tests).")
@@ -290,9 +307,16 @@ class HeadEval:
 
 
 def evaluate(
-    encoder: TextEncoder, dev: dict[str, list[TrainingMessage]], label_index: dict[str, dict[str, int]]
+    encoder: TextEncoder,
+    dev: dict[str, list[TrainingMessage]],
+    label_index: dict[str, dict[str, int]],
+    balanced_heads: AbstractSet[str] = frozenset(),
 ) -> tuple[dict[str, float], dict[str, HeadEval]]:
-    """Dev metrics per set and head, plus pooled predictions for calibration and thresholds."""
+    """Dev metrics per set and head, plus pooled predictions for calibration and thresholds.
+
+    Heads in ``balanced_heads`` also get ``*_balanced_accuracy`` (mean recall over the classes
+    present), the number their checkpoint is selected by (see :func:`selection_score`).
+    """
     metrics: dict[str, float] = {}
     pooled = {name: HeadEval() for name in ("ask", *label_index)}
     for name, messages in dev.items():
@@ -329,10 +353,61 @@ def evaluate(
             if local[head].labels:
                 scores, labels_ = local[head].arrays()
                 metrics[f"{name}_{head}_accuracy"] = float((scores.argmax(1) == labels_).mean())
+                if head in balanced_heads:
+                    metrics[f"{name}_{head}_balanced_accuracy"] = balanced_accuracy(scores.argmax(1), labels_)
         for head, values in local.items():
             pooled[head].scores.extend(values.scores)
             pooled[head].labels.extend(values.labels)
     return metrics, pooled
+
+
+def balanced_accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
+    """Mean per-class recall over the classes present in ``labels``."""
+    return float(np.mean([(predicted[labels == c] == c).mean() for c in np.unique(labels)]))
+
+
+def selection_score(metrics: dict[str, float], balanced_heads: AbstractSet[str] = frozenset()) -> float:
+    """The dev number checkpoints are chosen by: the mean of the dev metrics.
+
+    For a head in ``balanced_heads`` its plain accuracy is left out (its balanced accuracy
+    counts instead), so that a majority class cannot buy the checkpoint.
+    """
+    plain = tuple(f"_{head}_accuracy" for head in balanced_heads)
+    kept = [v for k, v in metrics.items() if not (k.endswith(plain) and not k.endswith("_balanced_accuracy"))]
+    return float(np.mean(kept)) if kept else 0.0
+
+
+def class_weights(
+    gold: Sequence[str | None], labels: dict[str, int], weighting: ClassWeighting
+) -> torch.Tensor | None:
+    """Per-class loss weights, 1/sqrt(training count), scaled to mean 1 per training example.
+
+    ``gold`` is every training label of the head (None where a message has none). The square
+    root halves the log-imbalance instead of erasing it: classes with a handful of narratives
+    (debt management, prepaid cards) get heard without their few examples dominating. Classes
+    absent from training get the largest weight (they never occur, so it changes nothing).
+    """
+    if weighting == "none":
+        return None
+    counts = np.zeros(len(labels))
+    for label in gold:
+        if label in labels:
+            counts[labels[label]] += 1
+    if not counts.any():
+        return None
+    present = counts > 0
+    weights = np.zeros(len(labels))
+    weights[present] = counts[present] ** -0.5
+    weights[~present] = weights[present].max()
+    weights *= counts.sum() / float((counts * weights).sum())
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def training_labels(messages: Sequence[TrainingMessage], head: str) -> list[str | None]:
+    """Every training label of a head: one per message (product) or per sentence (intent)."""
+    if head == "product":
+        return [m.product for m in messages]
+    return [label for m in messages for label in m.intent]
 
 
 def f1_score(labels: np.ndarray, predicted: np.ndarray) -> float:
@@ -460,10 +535,27 @@ def train(config: TrainConfig) -> Path:
         normaliser_config=config.pipeline.normaliser,
         segmenter_config=config.pipeline.segmenter,
         intent_dataset=config.data.intent_dataset,
+        intent_repeats=config.data.intent_repeats,
     )
     heads = make_heads(data)
     label_index = {
         h.name: {label: i for i, label in enumerate(h.labels)} for h in heads if h.kind == "multiclass"
+    }
+    unknown = set(config.class_weighting) - set(label_index)
+    if unknown:
+        raise ConfigError(
+            f"class_weighting names {sorted(unknown)}, which this config trains no multiclass head for.",
+            fix=f"weight only {sorted(label_index)}",
+        )
+    balanced_heads = {head for head, how in config.class_weighting.items() if how != "none"}
+    losses = {
+        head: torch.nn.CrossEntropyLoss(
+            weight=class_weights(
+                training_labels(data.train, head), label_index[head], config.class_weighting.get(head, "none")
+            ),
+            ignore_index=IGNORE,
+        )
+        for head in label_index
     }
     net = build_net(config.encoder_init, heads)
     tokenizer_file = base_model_dir() / "tokenizer.json"
@@ -496,7 +588,6 @@ def train(config: TrainConfig) -> Path:
         optimizer, int(total_steps * config.warmup_ratio), total_steps
     )
     bce = torch.nn.BCEWithLogitsLoss()
-    cross_entropy = torch.nn.CrossEntropyLoss(ignore_index=IGNORE)
 
     best_state: dict[str, torch.Tensor] | None = None
     best_score, best_metrics, history = -1.0, {}, []
@@ -524,7 +615,7 @@ def train(config: TrainConfig) -> Path:
                 )
             for head in label_index:
                 if (targets[head] != IGNORE).any():
-                    loss = loss + config.loss_weights.get(head, 1.0) * cross_entropy(
+                    loss = loss + config.loss_weights.get(head, 1.0) * losses[head](
                         outputs[head].float(), targets[head]
                     )
             if loss.requires_grad:
@@ -538,8 +629,8 @@ def train(config: TrainConfig) -> Path:
             bar.set_postfix(loss=f"{loss.item():.3f}")
             if step % eval_every == 0 or step == total_steps:
                 net.eval()
-                metrics, _ = evaluate(encoder, data.dev, label_index)
-                score = float(np.mean(list(metrics.values()))) if metrics else 0.0
+                metrics, _ = evaluate(encoder, data.dev, label_index, balanced_heads)
+                score = selection_score(metrics, balanced_heads)
                 history.append({"step": step, "selection_score": score, **metrics})
                 log.info("step %d dev %s", step, metrics)
                 if score > best_score:
@@ -552,7 +643,7 @@ def train(config: TrainConfig) -> Path:
     net.load_state_dict(best_state)
     net.eval()
 
-    _, pooled = evaluate(encoder, data.dev, label_index)
+    _, pooled = evaluate(encoder, data.dev, label_index, balanced_heads)
     calibration: dict[str, Any] = {}
     calibrated_heads = []
     threshold = config.pipeline.asks.threshold
@@ -648,6 +739,24 @@ def train(config: TrainConfig) -> Path:
     return Path(config.output)
 
 
+def recipe_notes(config: TrainConfig) -> str:
+    """Choices in the recipe that change what the numbers mean, in words, for the model card."""
+    notes = []
+    for head, how in sorted(config.class_weighting.items()):
+        if how == "inverse_sqrt":
+            notes.append(
+                f"The {head} loss weighs each class by 1/sqrt(its training count), and checkpoints "
+                f"are selected by the {head} head's balanced dev accuracy (mean recall per class), "
+                "not by its plain accuracy, which the majority class dominates."
+            )
+    if config.data.intent and config.data.intent_repeats > 1:
+        notes.append(
+            f"Intent utterances are read {config.data.intent_repeats} times per epoch "
+            "(the extra copies train the intent head only, not the ask head)."
+        )
+    return ("\n" + "\n".join(notes)) if notes else ""
+
+
 INTENT_DATASET_NAMES = {"banking77": "77 Banking77", "clinc150": "150 in-scope CLINC150"}
 
 
@@ -688,6 +797,7 @@ weak ask labels on training-split CFPB narratives (strict request patterns as as
 request-like sentences ignored, pointers to attachments as non-asks; `pipeline/trainset.py`).
 Non-commercial sets are not used. The hand-labelled evaluation rows (`data/asks/`) are
 excluded from every training background.
+{recipe_notes(config)}
 
 ## Dev metrics (carved from training files; used for checkpoint, temperature and threshold)
 | metric | value |

@@ -25,7 +25,8 @@ import json
 import random
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -225,12 +226,11 @@ def gold_row_ids(dataset: str) -> set[str]:
 
 
 def weak_ask_messages(
-    complaints: Sequence[corpora.Complaint],
+    chosen: Sequence[corpora.Complaint],
     normaliser: Normaliser,
     segmenter: Segmenter,
-    rng: random.Random,
-    limit: int,
     max_chars: int,
+    with_product: bool = False,
 ) -> list[TrainingMessage]:
     """Real complaint narratives with weak per-sentence ask labels, read in their own context.
 
@@ -238,13 +238,16 @@ def weak_ask_messages(
     that this *style* means "not an ask"; real complaints ask in their own words ("I am
     requesting that...", "please remove..."). Strict request forms are positives, looser
     request-like sentences are ignored by the loss, the rest are negatives.
+
+    ``with_product`` also gives each narrative its product label (the first copy of a text
+    only), so that one encoder pass trains both heads: these are the same training narratives
+    the product head reads, and reading each twice per epoch doubled the cost of the longest
+    messages in training.
     """
-    chosen = list(complaints)
-    rng.shuffle(chosen)
-    chosen = chosen[:limit]
     bodies = [normaliser.normalise(c.text).body.text for c in chosen]
     out = []
-    for body, sentences in zip(bodies, segmenter.segment_many(bodies), strict=True):
+    seen: set[str] = set()
+    for complaint, body, sentences in zip(chosen, bodies, segmenter.segment_many(bodies), strict=True):
         sentences = [s for s in sentences if s.start < max_chars] or sentences[:1]
         if not sentences:
             continue
@@ -259,8 +262,19 @@ def weak_ask_messages(
             else:
                 labels.append(0)
         text = body[: sentences[-1].end]
-        out.append(TrainingMessage(text, [(s.start, s.end) for s in sentences], labels, "cfpb_weak"))
+        product = None
+        if with_product and text_key(complaint.text) not in seen:
+            seen.add(text_key(complaint.text))
+            product = complaint.product
+        out.append(
+            TrainingMessage(text, [(s.start, s.end) for s in sentences], labels, "cfpb_weak", product=product)
+        )
     return out
+
+
+def text_key(text: str) -> str:
+    """The key under which two narratives count as the same text (case and spacing ignored)."""
+    return " ".join(text.split()).lower()
 
 
 def split_of(text: str, dev_percent: int = 10, test_percent: int = 10) -> str:
@@ -294,17 +308,19 @@ def product_messages(
     segmenter: Segmenter,
     split: str,
     max_chars: int | None = None,
+    already_labelled: AbstractSet[str] = frozenset(),
 ) -> list[TrainingMessage]:
     """CFPB narratives of one split, normalised, segmented, labelled with their product.
 
     ``max_chars`` (training only) keeps the sentences that start before it: the product is
     almost always clear early, and long narratives would otherwise dominate training time.
-    Dev narratives are read whole, as at inference.
+    Dev narratives are read whole, as at inference. Texts in ``already_labelled`` (keys of
+    :func:`text_key`) carry their product elsewhere in the training data and are skipped.
     """
-    seen: set[str] = set()
+    seen: set[str] = set(already_labelled)
     chosen = []
     for c in complaints:
-        key = " ".join(c.text.split()).lower()
+        key = text_key(c.text)
         if c.product is None or key in seen or split_of(c.text) != split:
             continue
         seen.add(key)
@@ -435,6 +451,7 @@ def build_training_data(
     normaliser_config: NormaliserConfig,
     segmenter_config: SegmenterConfig,
     intent_dataset: IntentDataset = "banking77",
+    intent_repeats: int = 1,
 ) -> TrainingData:
     """Assemble training messages; dev sets come from training files (CLINC150: its val split)."""
     files: dict[str, int] = {}
@@ -475,10 +492,13 @@ def build_training_data(
     runs_dev, runs_train = runs[:n_run_dev], runs[n_run_dev:]
 
     train = parakweet_messages(parakweet_train, rng) + multidogo
-    if weak_cfpb:
-        train += weak_ask_messages(
-            train_complaints, normaliser, segmenter, rng, weak_cfpb, weak_cfpb_max_chars
-        )
+    weak_complaints = list(train_complaints)
+    rng.shuffle(weak_complaints)
+    weak_complaints = weak_complaints[:weak_cfpb]
+    weak = weak_ask_messages(
+        weak_complaints, normaliser, segmenter, weak_cfpb_max_chars, with_product=product
+    )
+    train += weak
     train += buried_messages(runs_train, intents.asks(intent_train, intent) + multidogo_asks, rng, buried)
     team = team_written_messages() if TEAM_WRITTEN.is_file() else []
     train += team * 3  # few but important: seen three times per epoch
@@ -489,14 +509,32 @@ def build_training_data(
         ),
     }
     if intent:
-        train += intents.messages(intent_train)
+        # Short utterances cost little per pass; reading them more often than the long
+        # narratives gives the 77-way intent head the epochs it needs without more long passes.
+        # The extra copies train the intent head only: counted again as asks, they would tilt
+        # the ask head towards short questions and move its threshold on real messages.
+        once = intents.messages(intent_train)
+        train += once
+        train += [replace(m, ask=[IGNORE] * len(m.ask)) for m in once for _ in range(intent_repeats - 1)]
         dev[f"{intents.name}_dev"] = intents.messages(intent_dev)
     product_labels: list[str] = []
     if product:
-        product_train = product_messages(complaints, normaliser, segmenter, "train", product_max_chars)
+        product_train = [m for m in weak if m.product is not None]
+        product_train += product_messages(
+            complaints,
+            normaliser,
+            segmenter,
+            "train",
+            product_max_chars,
+            already_labelled={text_key(c.text) for c in weak_complaints},
+        )
         if product_limit is not None:
             product_train = product_train[:product_limit]
-        train += product_train
+        capped = {id(m) for m in product_train}
+        for message in weak:  # the cap counts every narrative read for its product
+            if id(message) not in capped:
+                message.product = None
+        train += [m for m in product_train if m.source != "cfpb_weak"]
         dev["cfpb_dev"] = product_messages(complaints, normaliser, segmenter, "dev")
         product_labels = list(corpora.PRODUCT_LABELS)
     rng.shuffle(train)

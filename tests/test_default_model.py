@@ -102,8 +102,9 @@ def test_hand_labelled_dev_split_floor(default_pipeline):
     results = default_pipeline.route_batch([Message(id=str(i), text=m.text) for i, m in enumerate(gold)])
     with_ask = [(m, r) for m, r in zip(gold, results, strict=True) if m.asks]
     hits = sum(bool(r.asks) and ask_hit((r.asks[0].start, r.asks[0].end), m.asks) for m, r in with_ask)
-    # Floors under the trade-off training chose on this split (hit@1 0.714, no-ask recall 0.75).
-    assert hits / len(with_ask) >= 0.70
+    # Floors under the trade-off training chose on this split (hit@1 0.661, no-ask recall 0.778;
+    # the previous default chose 0.714 / 0.75).
+    assert hits / len(with_ask) >= 0.65
     without = [r for m, r in zip(gold, results, strict=True) if not m.asks]
     assert sum(not r.asks for r in without) / len(without) >= 0.7
 
