@@ -503,6 +503,9 @@ def test_a_second_lexicon_defines_its_own_signals(tmp_path: Path) -> None:
     assert detector.detect_text("I want to speak to a manager, I will sue you.") == []
 
 
+RAW_PATTERN_WITH_A_TYPO = '- [{"LOWR": "warranty"}]\n          - "warranty (claim'
+
+
 def _write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "lexicon.yaml"
     path.write_text(text, encoding="utf-8")
@@ -521,6 +524,10 @@ def _write(tmp_path: Path, text: str) -> Path:
         (lambda t: t.replace("cue: product", "cue: products"), r"cue group 'products' is not defined"),
         (lambda t: t.replace("ignore_in: [negation]", "ignore_in: [negatoin]"), r"modifier 'negatoin'"),
         (lambda t: t.replace("(was)?", "(was"), r"patterns\[1\].*parenthesis"),
+        (  # a raw spaCy Matcher pattern goes through spaCy's validation
+            lambda t: t.replace('- "warranty (claim', RAW_PATTERN_WITH_A_TYPO),
+            r"patterns\[1\].*LOWR",
+        ),
         (lambda t: t.replace("name: dead_on_arrival", "name: warranty_refused"), r"more than once"),
         (lambda t: t.replace("version: 1\n", "version: 1\n  bad: [\n"), r"not valid YAML"),
     ],
