@@ -26,13 +26,12 @@ from pipeline.schema import IntentResult, ProductResult, RouteResult, TriageResu
 from pipeline.training import TrainConfig, load_train_config
 from pipeline.trainset import (
     CLINC150_NOT_ASK,
-    build_training_data,
     clinc150_intents,
     clinc150_labels,
     read_intent_source,
 )
 from pipeline.triage import Pipeline
-from tests.test_training import TINY
+from tests.test_training import TINY, small_training_data
 
 CLINC_CONFIG = Path(__file__).resolve().parent.parent / "pipeline" / "configs" / "clinc150.yaml"
 
@@ -121,27 +120,12 @@ def test_clinc_messages_carry_their_intent_and_true_ask_labels(clinc_source):
 
 
 def test_build_training_data_puts_clinc_where_banking77_goes():
-    from pipeline.config import PipelineConfig
-
-    config = PipelineConfig()
-    data = build_training_data(
-        None,
-        random.Random(13),
+    data = small_training_data(
         parakweet_limit=60,
-        background_limit=40,
-        weak_cfpb=0,
-        weak_cfpb_max_chars=1500,
-        multidogo_conversations=10,
         buried=40,
         buried_dev=10,
-        dev_fraction=0.1,
-        intent=True,
+        multidogo_conversations=10,
         intent_limit=300,
-        product=False,
-        product_limit=None,
-        product_max_chars=None,
-        normaliser_config=config.normaliser,
-        segmenter_config=config.segmenter,
         intent_dataset="clinc150",
     )
     assert data.intent_labels == clinc150_labels()

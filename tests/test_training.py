@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -29,6 +30,7 @@ from pipeline.training import (
 )
 from pipeline.trainset import (
     IGNORE,
+    TrainingData,
     TrainingMessage,
     build_training_data,
     gold_row_ids,
@@ -129,6 +131,29 @@ def test_default_training_config_is_valid():
 # --- class weighting, checkpoint selection and the CFPB narratives read once --------------------
 
 
+def small_training_data(**changes: Any) -> TrainingData:
+    """``build_training_data`` on small slices of the real data sets (defaults: no product, no weak asks)."""
+    config = PipelineConfig()
+    settings: dict[str, Any] = {
+        "parakweet_limit": 30,
+        "background_limit": 40,
+        "weak_cfpb": 0,
+        "weak_cfpb_max_chars": 1500,
+        "multidogo_conversations": 5,
+        "buried": 5,
+        "buried_dev": 5,
+        "dev_fraction": 0.1,
+        "intent": True,
+        "intent_limit": 40,
+        "product": False,
+        "product_limit": None,
+        "product_max_chars": 2000,
+        "normaliser_config": config.normaliser,
+        "segmenter_config": config.segmenter,
+    }
+    return build_training_data(None, random.Random(13), **{**settings, **changes})
+
+
 def test_class_weights_are_inverse_sqrt_with_mean_one_per_example():
     labels = {"a": 0, "b": 1, "c": 2}
     gold = ["a"] * 100 + ["b"] * 4 + [None] * 7
@@ -174,27 +199,7 @@ def test_class_weighting_of_a_head_that_is_not_trained_names_the_fix(tmp_path: P
 
 def test_each_cfpb_training_narrative_gives_its_product_once_with_its_ask_labels():
     """The weakly ask-labelled narratives carry their product; none is read again for it."""
-    config = PipelineConfig()
-    data = build_training_data(
-        None,
-        random.Random(13),
-        parakweet_limit=30,
-        background_limit=120,
-        weak_cfpb=80,
-        weak_cfpb_max_chars=1500,
-        multidogo_conversations=5,
-        buried=5,
-        buried_dev=5,
-        dev_fraction=0.1,
-        intent=True,
-        intent_limit=40,
-        product=True,
-        product_limit=None,
-        product_max_chars=2000,
-        normaliser_config=config.normaliser,
-        segmenter_config=config.segmenter,
-        intent_repeats=3,
-    )
+    data = small_training_data(background_limit=120, weak_cfpb=80, product=True, intent_repeats=3)
     weak = [m for m in data.train if m.source == "cfpb_weak"]
     alone = [m for m in data.train if m.source == "cfpb_train"]
     assert len(weak) == 80 and sum(m.product is not None for m in weak) >= 75
