@@ -372,8 +372,8 @@ def selection_score(metrics: dict[str, float], balanced_heads: AbstractSet[str] 
     For a head in ``balanced_heads`` its plain accuracy is left out (its balanced accuracy
     counts instead), so that a majority class cannot buy the checkpoint.
     """
-    plain = tuple(f"_{head}_accuracy" for head in balanced_heads)
-    kept = [v for k, v in metrics.items() if not (k.endswith(plain) and not k.endswith("_balanced_accuracy"))]
+    plain = tuple(f"_{head}_accuracy" for head in balanced_heads)  # "_product_balanced_accuracy" differs
+    kept = [v for k, v in metrics.items() if not k.endswith(plain)]
     return float(np.mean(kept)) if kept else 0.0
 
 

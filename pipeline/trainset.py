@@ -262,9 +262,9 @@ def weak_ask_messages(
             else:
                 labels.append(0)
         text = body[: sentences[-1].end]
-        product = None
-        if with_product and text_key(complaint.text) not in seen:
-            seen.add(text_key(complaint.text))
+        product, key = None, text_key(complaint.text)
+        if with_product and key not in seen:
+            seen.add(key)
             product = complaint.product
         out.append(
             TrainingMessage(text, [(s.start, s.end) for s in sentences], labels, "cfpb_weak", product=product)
@@ -492,9 +492,11 @@ def build_training_data(
     runs_dev, runs_train = runs[:n_run_dev], runs[n_run_dev:]
 
     train = parakweet_messages(parakweet_train, rng) + multidogo
-    weak_complaints = list(train_complaints)
-    rng.shuffle(weak_complaints)
-    weak_complaints = weak_complaints[:weak_cfpb]
+    weak_complaints: list[corpora.Complaint] = []
+    if weak_cfpb:
+        weak_complaints = list(train_complaints)
+        rng.shuffle(weak_complaints)
+        weak_complaints = weak_complaints[:weak_cfpb]
     weak = weak_ask_messages(
         weak_complaints, normaliser, segmenter, weak_cfpb_max_chars, with_product=product
     )
@@ -528,12 +530,12 @@ def build_training_data(
             product_max_chars,
             already_labelled={text_key(c.text) for c in weak_complaints},
         )
-        if product_limit is not None:
+        if product_limit is not None:  # the cap counts every narrative read for its product
             product_train = product_train[:product_limit]
-        capped = {id(m) for m in product_train}
-        for message in weak:  # the cap counts every narrative read for its product
-            if id(message) not in capped:
-                message.product = None
+            capped = {id(m) for m in product_train}
+            for message in weak:
+                if id(message) not in capped:
+                    message.product = None
         train += [m for m in product_train if m.source != "cfpb_weak"]
         dev["cfpb_dev"] = product_messages(complaints, normaliser, segmenter, "dev")
         product_labels = list(corpora.PRODUCT_LABELS)
