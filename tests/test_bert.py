@@ -68,6 +68,46 @@ def test_pretrained_base_weights_give_transformers_outputs():
     torch.testing.assert_close(got[keep], expected[keep], atol=1e-4, rtol=1e-4)
 
 
+def test_bf16_inference_attention_matches_the_fused_kernel_and_ignores_padding():
+    """bf16 inference takes the explicit attention path (faster there); it must agree with the
+    fused kernel on the same bf16 inputs and never look at padded keys."""
+    base = base_model_dir()
+    settings = BertSettings.from_dict(json.loads((base / "config.json").read_text()))
+    ours = BertEncoder(settings)
+    ours.load_checkpoint(load_file(str(base / "model.safetensors")))
+    ours.eval()
+    attention = ours.encoder.layer[0].attention.self
+    generator = torch.Generator().manual_seed(3)
+    query, key, value = (
+        torch.randn(2, settings.num_attention_heads, 9, attention.head_size, generator=generator).to(
+            torch.bfloat16
+        )
+        for _ in range(3)
+    )
+    bias = torch.zeros(2, 1, 1, 9)
+    bias[1, ..., 5:] = torch.finfo(torch.float32).min
+    with torch.inference_mode():
+        explicit = attention.explicit_attention(query, key, value, bias)
+        fused = torch.nn.functional.scaled_dot_product_attention(
+            query, key, value, attn_mask=bias.to(torch.bfloat16)
+        )
+        # Changing what sits in padded key positions must change nothing.
+        key2, value2 = key.clone(), value.clone()
+        key2[1, :, 5:], value2[1, :, 5:] = 100.0, -100.0
+        moved = attention.explicit_attention(query, key2, value2, bias)
+    torch.testing.assert_close(explicit.float(), fused.float(), atol=2e-2, rtol=2e-2)
+    assert torch.equal(explicit[1], moved[1])
+
+    input_ids, attention_mask = padded_batch(settings.vocab_size, seed=2)
+    keep = attention_mask.bool()
+    with torch.inference_mode():
+        fp32 = ours(input_ids, attention_mask)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = ours(input_ids, attention_mask)
+    cosine = torch.nn.functional.cosine_similarity(bf16[keep].float(), fp32[keep], dim=-1)
+    assert cosine.min() > 0.99
+
+
 def test_training_mode_applies_dropout_and_eval_mode_is_deterministic():
     torch.manual_seed(0)
     settings = BertSettings(
