@@ -25,14 +25,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-import spacy
 from pydantic import BaseModel, ConfigDict, Field
 from spacy.attrs import IDX, SENT_START
 from spacy.language import Language
 from spacy.matcher import Matcher
 from spacy.tokens import Doc
 
-from pipeline.english import shared_english
+from pipeline.english import english_on, shared_english
 
 RULES_COMPONENT = "hearken_sentence_rules_v1"
 CHAT_COMPONENT = "hearken_chat_cues_v1"
@@ -547,7 +546,7 @@ class Segmenter:
     def __init__(self, config: SegmenterConfig | None = None, english: Language | None = None) -> None:
         """``english``: the tokenizer and vocabulary to share (the process-wide one by default)."""
         self.config = config or SegmenterConfig()
-        self.nlp = spacy.blank("en", vocab=(english or shared_english()).vocab)
+        self.nlp = english_on(english or shared_english())
         self.nlp.add_pipe(
             RULES_COMPONENT,
             config={

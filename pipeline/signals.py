@@ -422,14 +422,18 @@ _COMMON_WORDS = frozenset(
 )
 
 
-_MAX_EXPANSION = 400
+# Phrases are built as spaCy Docs at start-up (about 16 µs each), so expansion is a trade of start-up
+# time against matching speed. Measured on the consumer-finance lexicon: at 400, 14,064 phrases and a
+# 0.36 s build; at 200, 6,634 phrases (26 patterns left as gated Matchers) and a 0.14 s build, with
+# detection about 0.15 ms a message slower (identical signals) — a better deal for a 3-second cold start.
+_MAX_EXPANSION = 200
 
 
 def _as_word_sequences(pattern: list[dict[str, Any]]) -> list[tuple[str, ...]] | None:
     """The word sequences a pattern of fixed words (optional or not) stands for, or None.
 
     None when the pattern uses anything else (wildcards, numbers, repeats, negation) or expands
-    to more than a few hundred sequences.
+    to more than ``_MAX_EXPANSION`` sequences.
     """
     slots: list[list[str]] = []
     total = 1

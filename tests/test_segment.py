@@ -355,3 +355,25 @@ def test_throughput_on_real_complaints(segmenter: Segmenter) -> None:
         segmenter.segment_many(bodies)
         best = max(best, len(bodies) / (time.perf_counter() - start))
     assert best >= 500, f"{best:.0f} messages/s"
+
+
+def test_segmenter_shares_the_tokenizer_but_keeps_its_components_to_itself():
+    """The segmenter reuses the shared English tokenizer (no second special-case table) and must
+    tokenise exactly as a fresh ``spacy.blank("en")`` does, without adding its components to the
+    shared pipeline that the signal and catalogue stages tokenise with."""
+    import spacy
+
+    from pipeline.english import shared_english
+
+    segmenter = Segmenter()
+    shared = shared_english()
+    assert segmenter.nlp.tokenizer is shared.tokenizer
+    assert segmenter.nlp.vocab is shared.vocab
+    assert RULES_COMPONENT in segmenter.nlp.pipe_names
+    assert shared.pipe_names == []
+    text = "Hi!! I can't log in, e.g. at 3pm :) Mr. Smith's card—charged $5.00 twice... why?"
+    fresh = spacy.blank("en")
+    assert [t.text for t in segmenter.nlp.make_doc(text)] == [t.text for t in fresh.make_doc(text)]
+    assert [s.text for s in segmenter.segment(text)] == [
+        s.text for s in Segmenter(english=fresh).segment(text)
+    ]
