@@ -23,6 +23,7 @@ from pipeline.service.batching import (
     InferenceFailedError,
     MicroBatcher,
     OverloadedError,
+    inference_thread,
 )
 from pipeline.service.settings import ServiceSettings
 
@@ -255,6 +256,33 @@ def test_heap_is_trimmed_on_the_inference_thread_between_batches(monkeypatch: py
 
     asyncio.run(scenario())
     assert len(trims) == 1 and trims[0].startswith("hearken-inference")
+
+
+def test_every_batch_runs_on_the_one_inference_thread_given_with_its_torch_threads() -> None:
+    """The batcher routes on the thread it is given (the one the pipeline was loaded on), always
+    the same one, with torch's intra-op threads pinned there."""
+    import torch
+
+    seen: list[tuple[int, int]] = []
+
+    def route_batch(messages: Sequence[Message]) -> list[Any]:
+        seen.append((threading.get_ident(), torch.get_num_threads()))
+        return [f"routed:{m.id}" for m in messages]
+
+    thread = inference_thread(torch_threads=1)
+    loader = thread.submit(threading.get_ident).result()
+
+    async def scenario() -> None:
+        batcher = MicroBatcher(route_batch, max_batch=2, max_wait_ms=0, max_queue=10, executor=thread)
+        await batcher.start()
+        for name in "abc":
+            assert await batcher.submit([Message(id=name, text="x")]) == [f"routed:{name}"]
+        await batcher.stop()
+
+    asyncio.run(scenario())
+    assert seen == [(loader, 1)] * 3
+    with pytest.raises(RuntimeError, match="shutdown"):  # stop() shut the given thread down
+        thread.submit(threading.get_ident)
 
 
 def test_heap_trimmer_finds_malloc_trim_on_glibc_and_never_trims_when_disabled() -> None:

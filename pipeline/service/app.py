@@ -41,6 +41,7 @@ from pipeline.service.auth import API_KEYS_ENV, ApiKeys, load_access
 from pipeline.service.batching import (
     BatcherStoppedError,
     InferenceFailedError,
+    InferenceThread,
     MicroBatcher,
     Outcome,
     OverloadedError,
@@ -298,7 +299,7 @@ def create_app(
     settings: ServiceSettings,
     pipeline: Pipeline | None = None,
     *,
-    inference: ThreadPoolExecutor | None = None,
+    inference: InferenceThread | None = None,
 ) -> FastAPI:
     """Build the app; the model folder (if no pipeline is given) and the decision log open in the lifespan.
 

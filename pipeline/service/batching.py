@@ -60,7 +60,25 @@ class _Pending:
     future: asyncio.Future[Outcome]
 
 
-def inference_thread(torch_threads: int | None = None) -> ThreadPoolExecutor:
+class InferenceThread(ThreadPoolExecutor):
+    """An executor with exactly one thread: the one that loads the pipeline and runs every pass.
+
+    A type of its own so that the micro-batcher can require one thread by its signature instead of
+    inspecting a thread pool's private settings; build it with :func:`inference_thread`.
+    """
+
+    def __init__(self, torch_threads: int | None = None) -> None:
+        from pipeline.runtime import configure_threads  # imports torch, which loading the model needs anyway
+
+        super().__init__(
+            max_workers=1,
+            thread_name_prefix="hearken-inference",
+            initializer=configure_threads,
+            initargs=(torch_threads,),
+        )
+
+
+def inference_thread(torch_threads: int | None = None) -> InferenceThread:
     """The one thread that loads the pipeline and runs every forward pass.
 
     Why load on it too: on these machines, routing on a thread other than the one that built the
@@ -73,17 +91,10 @@ def inference_thread(torch_threads: int | None = None) -> ThreadPoolExecutor:
     thread, against 30 ms without it, in one noisy run.
     ``torch_threads`` pins torch's intra-op threads on that thread (the setting is per thread).
     """
-    from pipeline.runtime import configure_threads  # imports torch, which loading the model needs anyway
-
-    return ThreadPoolExecutor(
-        max_workers=1,
-        thread_name_prefix="hearken-inference",
-        initializer=configure_threads,
-        initargs=(torch_threads,),
-    )
+    return InferenceThread(torch_threads)
 
 
-def load_pipeline_on(inference: ThreadPoolExecutor, model_dir: Path | None) -> Pipeline:
+def load_pipeline_on(inference: InferenceThread, model_dir: Path | None) -> Pipeline:
     """Build the pipeline on ``inference``, the thread that will route with it; blocks until loaded.
 
     If loading fails, the thread is shut down (nothing will ever run on it) and the error raised.
@@ -108,7 +119,7 @@ class MicroBatcher:
         max_wait_ms: float,
         max_queue: int,
         metrics: ServiceMetrics | None = None,
-        executor: ThreadPoolExecutor | None = None,
+        executor: InferenceThread | None = None,
         trim_interval_s: float = 0.0,
     ) -> None:
         """``executor``: the single inference thread to use (and shut down on ``stop``); by default
@@ -126,9 +137,7 @@ class MicroBatcher:
         self._metrics = metrics
         self._queue: asyncio.Queue[_Pending] | None = None
         self._collector: asyncio.Task[None] | None = None
-        if executor is not None and executor._max_workers != 1:
-            raise ValueError("the inference executor must have exactly one thread")
-        self._executor: ThreadPoolExecutor | None = executor
+        self._executor: InferenceThread | None = executor
         self._trimmer = HeapTrimmer(trim_interval_s)
 
     @property
