@@ -976,3 +976,22 @@ def test_sentence_gates_are_computed_once_per_doc(detector: SignalDetector) -> N
     assert [(s.name, s.start, s.end) for s in first] == [(s.name, s.start, s.end) for s in again]
     assert {"charged_not_delivered", "unanswered_contact"} <= {s.name for s in first}
     assert_round_trip(text, first)
+
+
+def test_phrase_expansion_limit_changes_speed_not_signals(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fixed-word patterns run as PhraseMatcher phrases up to ``_MAX_EXPANSION`` sequences and as
+    gated token Matchers beyond it; the limit is a start-up/speed trade only, so every pattern
+    matched the other way must give the same signals, on the fixtures and on real narratives."""
+    import pipeline.signals as signals_module
+
+    texts = [t for ts in POSITIVE.values() for t in ts] + [c.text for c in read_cfpb()[:150]]
+    default = SignalDetector.from_path()
+    monkeypatch.setattr(signals_module, "_MAX_EXPANSION", 1)  # (almost) every pattern as a Matcher
+    matchers = SignalDetector.from_path()
+    assert len(matchers.phrase_matcher) < len(default.phrase_matcher)
+    found = 0
+    for text in texts:
+        expected = default.detect_text(text)
+        assert matchers.detect_text(text) == expected, text[:80]
+        found += len(expected)
+    assert found > len(POSITIVE)
