@@ -123,7 +123,8 @@ class BertEmbeddings(nn.Module):
 
 
 class BertSelfAttention(nn.Module):
-    """Multi-head self-attention through torch's fused scaled-dot-product kernel."""
+    """Multi-head self-attention: torch's fused scaled-dot-product kernel, or explicit matmuls in bf16
+    inference (see ``explicit_attention``)."""
 
     def __init__(self, settings: BertSettings) -> None:
         super().__init__()
@@ -144,6 +145,8 @@ class BertSelfAttention(nn.Module):
         4.3 ms here). The scores are rounded to bf16 before the softmax, as every matmul output
         on this path is, and ``scripts/bench_classify.py`` reports argmax agreement with fp32.
         In fp32 the fused kernel is the faster one at 256 tokens, so fp32 and training keep it.
+        Measured on AVX512-BF16 CPUs without AMX only; on AMX CPUs the two paths have not yet
+        been timed against each other.
         """
         with torch.autocast("cpu", enabled=False):  # autocast would run the softmax in fp32
             scores = torch.matmul(query * self.head_size**-0.5, key.transpose(-1, -2))
