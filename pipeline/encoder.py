@@ -235,6 +235,9 @@ class Batch:
         return len(self.message_ids)
 
 
+SHORT_PAD_MULTIPLE = 8
+
+
 def collate(
     windows: Sequence[Window],
     tokens: Sequence[TokenisedMessage],
@@ -247,9 +250,16 @@ def collate(
 
     Rounding the padded length up to a multiple bounds the number of distinct tensor shapes a
     long-running service sees; oneDNN caches kernels per shape, so without it memory creeps up.
+    Batches shorter than one multiple (sentences read alone, one-line messages) round up to
+    ``SHORT_PAD_MULTIPLE`` instead: padding a 14-token sentence to 32 nearly doubles its compute
+    (one 16-token window 3.0-3.3 ms against 3.6-3.7 ms at 32, two 3.8-4.2 against 4.9-6.4 ms, bf16,
+    2 threads), and it adds at most ``pad_to_multiple_of / SHORT_PAD_MULTIPLE`` shapes.
     """
     longest = max(w.token_end - w.token_start for w in windows) + 2
-    length = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
+    multiple = (
+        pad_to_multiple_of if longest > pad_to_multiple_of else min(pad_to_multiple_of, SHORT_PAD_MULTIPLE)
+    )
+    length = -(-longest // multiple) * multiple
     input_ids = torch.full((len(windows), length), pad_id, dtype=torch.long)
     attention = torch.zeros((len(windows), length), dtype=torch.long)
     piece_index = torch.full((len(windows), length), -1, dtype=torch.long)

@@ -111,10 +111,16 @@ def test_padding_to_a_multiple_bounds_shapes_without_changing_predictions():
     padded_encoder.config = padded_encoder.config.model_copy(update={"pad_to_multiple_of": 32})
     tokens = padded_encoder.tokenise(texts)
     windows = padded_encoder.plan(tokens, spans)
-    from pipeline.encoder import collate
+    from pipeline.encoder import SHORT_PAD_MULTIPLE, collate
 
-    batch = collate(windows, tokens, padded_encoder.cls_id, padded_encoder.sep_id, padded_encoder.pad_id, 32)
-    assert batch.tensors["input_ids"].shape[1] == 32
+    ids = padded_encoder.cls_id, padded_encoder.sep_id, padded_encoder.pad_id
+    batch = collate(windows, tokens, *ids, 32)
+    longest = int(batch.tensors["attention_mask"].sum(1).max())
+    assert longest <= 32  # shorter than one multiple: rounded up to SHORT_PAD_MULTIPLE only
+    assert batch.tensors["input_ids"].shape[1] == -(-longest // SHORT_PAD_MULTIPLE) * SHORT_PAD_MULTIPLE
+    long_tokens = padded_encoder.tokenise(["word " * 40])
+    long_batch = collate(padded_encoder.plan(long_tokens, [[(0, 200)]]), long_tokens, *ids, 32)
+    assert long_batch.tensors["input_ids"].shape[1] == 64  # 42 tokens: the next multiple of 32
     padded = padded_encoder.encode(texts, spans)
     for a, b in zip(exact, padded, strict=True):
         np.testing.assert_allclose(a.sentence_probs["ask"], b.sentence_probs["ask"], atol=1e-5)
