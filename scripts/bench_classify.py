@@ -52,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline import evaluation  # noqa: E402
 from pipeline.errors import DataError, HearkenError  # noqa: E402
+from pipeline.trainset import text_key  # noqa: E402  (the identity training dedups narratives by)
 
 if TYPE_CHECKING:
     from pipeline.schema import TriageResult
@@ -151,11 +152,6 @@ QUICK = BenchSizes(
 
 
 # ============================================================================ pure helpers
-
-
-def text_key(text: str) -> str:
-    """Whitespace-normalised, lower-cased text: the identity ``split_of`` and training dedup use."""
-    return " ".join(text.split()).lower()
 
 
 def text_sha256(text: str) -> str:
@@ -616,8 +612,11 @@ def background_sentences(pipeline: Pipeline, complaints: Sequence[Any]) -> list[
     seen: set[str] = set()
     chosen = []
     for c in complaints:
-        if split_of(c.text) == "test" and text_key(c.text) not in seen:
-            seen.add(text_key(c.text))
+        if split_of(c.text) != "test":
+            continue
+        key = text_key(c.text)
+        if key not in seen:
+            seen.add(key)
             chosen.append(c.text)
     normalised = [pipeline.normaliser.normalise(t) for t in chosen]
     sentence_lists = pipeline.segmenter.segment_many([n.body.text for n in normalised])
