@@ -31,7 +31,13 @@ from torch import nn
 from pipeline.bert import BertEncoder, BertSettings
 from pipeline.config import EncoderConfig
 from pipeline.errors import ModelLoadError
-from pipeline.runtime import configure_threads, inference_context, resolve_precision
+from pipeline.runtime import (
+    PrepackedBf16Linear,
+    configure_threads,
+    inference_context,
+    prepack_bf16_linears,
+    resolve_precision,
+)
 
 log = logging.getLogger(__name__)
 
@@ -320,7 +326,10 @@ class TextEncoder:
         self.tokenizer = tokenizer
         self.config = config
         self.precision = resolve_precision(config.precision)
-        if self.precision == "fp32" and any(p.dtype == torch.bfloat16 for p in net.parameters()):
+        if self.precision == "fp32" and (
+            any(p.dtype == torch.bfloat16 for p in net.parameters())
+            or any(isinstance(m, PrepackedBf16Linear) for m in net.modules())
+        ):
             raise ModelLoadError(
                 "This network's matmul weights were stored in bf16 for a bf16 pipeline; fp32 "
                 "inference on them would not be fp32.",
@@ -338,10 +347,15 @@ class TextEncoder:
         Autocast runs each matmul in bf16 by casting its fp32 weight on every forward pass (about
         10 M values per pass, a noticeable share of a one-message request). Storing the weights
         already rounded to bf16 gives bit-identical arithmetic without that cost. LayerNorm and
-        embeddings stay fp32, as autocast would keep them. Only for networks that are no longer
-        trained: call it on a loaded model, never on one in training.
+        embeddings stay fp32, as autocast would keep them. Where oneDNN can, the weights are also
+        prepacked once into its kernel's layout (``runtime.prepack_bf16_linears``), again with
+        bit-identical outputs. Only for networks that are no longer trained: call it on a loaded
+        model, never on one in training.
         """
         if self.precision != "bf16":
+            return
+        if prepack_bf16_linears(self.net):
+            log.debug("bf16 linear layers prepacked for oneDNN")
             return
         for module in self.net.modules():
             if isinstance(module, nn.Linear):

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Literal
 
 import torch
+from torch import nn
 
 from pipeline.errors import ConfigError
 
@@ -67,3 +68,73 @@ def configure_threads(num_threads: int | None) -> None:
     """Pin torch's intra-op threads; ``None`` leaves torch's default (one per core)."""
     if num_threads is not None and num_threads > 0 and torch.get_num_threads() != num_threads:
         torch.set_num_threads(num_threads)
+
+
+#: The batch-size hint oneDNN packs for; measured the same from 5 to 2,048 rows whatever the hint.
+PACK_BATCH_HINT = 256
+
+
+class PrepackedBf16Linear(nn.Module):
+    """A frozen bf16 ``nn.Linear`` whose weight oneDNN reordered once, at load, into its own layout.
+
+    Why: a plain bf16 ``F.linear`` re-packs its weight for oneDNN's kernel on every call. For the
+    short inputs of a one-message request that packing is a large share of the matmul: measured
+    here (2 threads, AVX512-BF16, no AMX), 384 -> 1536 features took 47 us at 8 tokens packed per
+    call against 28 us prepacked, and 381 against 356 us at 256 tokens. The arithmetic is the
+    same bf16 kernel with fp32 accumulation, so the outputs are bit-identical (checked on this
+    CPU by ``prepack_bf16_linears`` before any layer is swapped, and by the tests).
+    Inference only: the packed weight is not a parameter and cannot be trained or saved.
+    """
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features = linear.in_features
+        self.out_features = linear.out_features
+        weight = linear.weight.detach().to(torch.bfloat16)
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, PACK_BATCH_HINT)
+        self.bias = None if linear.bias is None else linear.bias.detach().to(torch.bfloat16)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        # The cast is the one autocast makes before a bf16 matmul; a no-op on bf16 inputs.
+        return torch.ops.mkldnn._linear_pointwise(
+            inputs.to(torch.bfloat16), self.weight, self.bias, "none", [], ""
+        )
+
+
+def prepacked_linear_matches(linear: nn.Linear) -> bool:
+    """True when a prepacked copy of ``linear`` computes bit for bit what ``F.linear`` in bf16 does.
+
+    Private oneDNN ops may be missing (a torch built without mkldnn) or behave differently on
+    another CPU or torch version; then the plain path is kept, never a different result.
+    """
+    try:
+        if not torch.backends.mkldnn.is_available():
+            return False
+        packed = PrepackedBf16Linear(linear)
+        probe = torch.randn(2, 3, linear.in_features, generator=torch.Generator().manual_seed(0))
+        with torch.inference_mode():
+            expected = nn.functional.linear(
+                probe.to(torch.bfloat16),
+                linear.weight.to(torch.bfloat16),
+                None if linear.bias is None else linear.bias.to(torch.bfloat16),
+            )
+            return bool(torch.equal(packed(probe), expected))
+    except (AttributeError, RuntimeError, NotImplementedError) as exc:
+        log.debug("prepacked bf16 linear unavailable: %s", exc)
+        return False
+
+
+def prepack_bf16_linears(net: nn.Module) -> int:
+    """Swap every ``nn.Linear`` of an inference-only network for a ``PrepackedBf16Linear``.
+
+    Returns how many layers were swapped: 0 when this CPU or torch build cannot prepack exactly,
+    in which case the caller keeps plain bf16 weights.
+    """
+    linears = [(name, m) for name, m in net.named_modules() if isinstance(m, nn.Linear)]
+    if not linears or not prepacked_linear_matches(linears[0][1]):
+        return 0
+    for name, linear in linears:
+        parent_name, _, child = name.rpartition(".")
+        parent = net.get_submodule(parent_name) if parent_name else net
+        setattr(parent, child, PrepackedBf16Linear(linear))
+    return len(linears)

@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline import runtime
 from pipeline.basemodel import base_model_dir
 from pipeline.bert import BertSettings
 from pipeline.config import EncoderConfig
 from pipeline.encoder import HeadSpec, HearkenNet, TextEncoder, load_tokenizer, plan_windows
 from pipeline.errors import ModelLoadError
+from pipeline.runtime import PrepackedBf16Linear
 
 HEADS = [
     HeadSpec(name="ask", level="sentence", kind="binary", labels=["not_ask", "ask"]),
@@ -127,19 +129,56 @@ def test_padding_to_a_multiple_bounds_shapes_without_changing_predictions():
         np.testing.assert_allclose(a.message_probs["product"], b.message_probs["product"], atol=1e-5)
 
 
-def test_bf16_weights_stored_once_give_the_same_outputs_as_autocast_casting_per_call():
-    texts = ["Where is my card?", "I was charged twice for one coffee at the airport. Please refund it."]
-    spans = [[(0, 17)], [(0, 48), (49, 68)]]
+BF16_TEXTS = ["Where is my card?", "I was charged twice for one coffee at the airport. Please refund it."]
+BF16_SPANS = [[(0, 17)], [(0, 48), (49, 68)]]
+
+
+def assert_same_outputs(expected: list, actual: list) -> None:
+    for a, b in zip(expected, actual, strict=True):
+        np.testing.assert_array_equal(a.sentence_probs["ask"], b.sentence_probs["ask"])
+        np.testing.assert_array_equal(a.sentence_probs["intent"], b.sentence_probs["intent"])
+        np.testing.assert_array_equal(a.message_probs["product"], b.message_probs["product"])
+
+
+def test_bf16_weights_prepacked_once_give_the_same_outputs_as_autocast_casting_per_call():
     encoder = tiny_encoder(precision="bf16")
-    per_call = encoder.encode(texts, spans)
+    per_call = encoder.encode(BF16_TEXTS, BF16_SPANS)
     encoder.store_weights_for_precision()
     linear = encoder.net.encoder.encoder.layer[0].intermediate.dense
+    assert isinstance(linear, PrepackedBf16Linear)  # x86 torch builds ship oneDNN
+    assert isinstance(encoder.net.heads["product"][1], PrepackedBf16Linear)
     assert linear.weight.dtype == torch.bfloat16
+    assert not any(isinstance(m, torch.nn.Linear) for m in encoder.net.modules())
     assert encoder.net.encoder.embeddings.LayerNorm.weight.dtype == torch.float32
-    stored = encoder.encode(texts, spans)
-    for a, b in zip(per_call, stored, strict=True):
-        np.testing.assert_array_equal(a.sentence_probs["ask"], b.sentence_probs["ask"])
-        np.testing.assert_array_equal(a.message_probs["product"], b.message_probs["product"])
+    assert_same_outputs(per_call, encoder.encode(BF16_TEXTS, BF16_SPANS))
+
+
+def test_bf16_weights_fall_back_to_plain_bf16_linears_when_prepacking_is_not_exact(monkeypatch):
+    monkeypatch.setattr(runtime, "prepacked_linear_matches", lambda linear: False)
+    encoder = tiny_encoder(precision="bf16")
+    per_call = encoder.encode(BF16_TEXTS, BF16_SPANS)
+    encoder.store_weights_for_precision()
+    linear = encoder.net.encoder.encoder.layer[0].intermediate.dense
+    assert type(linear) is torch.nn.Linear
+    assert linear.weight.dtype == torch.bfloat16
+    assert_same_outputs(per_call, encoder.encode(BF16_TEXTS, BF16_SPANS))
+
+
+def test_prepacking_is_refused_without_onednn_or_when_its_op_fails(monkeypatch):
+    linear = torch.nn.Linear(16, 8)
+    assert runtime.prepacked_linear_matches(linear)
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    assert not runtime.prepacked_linear_matches(linear)
+    monkeypatch.undo()
+
+    def broken(*args: object) -> torch.Tensor:
+        raise RuntimeError("no oneDNN kernel for this CPU")
+
+    monkeypatch.setattr(PrepackedBf16Linear, "forward", lambda self, inputs: broken())
+    assert not runtime.prepacked_linear_matches(linear)
+    monkeypatch.setattr(PrepackedBf16Linear, "forward", lambda self, inputs: torch.zeros(2, 3, 8))
+    assert not runtime.prepacked_linear_matches(linear)  # runs, but not bit-identical: refused
+    assert runtime.prepack_bf16_linears(torch.nn.Sequential(linear)) == 0
 
 
 def test_fp32_encoder_refuses_a_network_whose_weights_were_stored_in_bf16():
