@@ -1,7 +1,8 @@
 """The pure helpers of ``scripts/bench_classify.py``: filters, the burying composer, ECE, the table.
 
-The script is imported as a module (it is not part of the package); nothing here loads a model
-or reads the public data sets, and every text is written by the team for these tests.
+The script is imported as a module (it is not part of the package); nothing here reads the public
+data sets, only the speed-baseline test loads a model (the tiny one), and every text is written by
+the team for these tests.
 """
 
 from __future__ import annotations
@@ -262,3 +263,22 @@ def test_format_table_says_why_when_the_model_has_no_product_head() -> None:
     assert agreement[1] == "0.998 / n/a"
     cold = next(row for row in rows if row[0].startswith("cold start"))
     assert cold[1] == "n/a (failed: see the JSON report)"
+
+
+# ----------------------------------------------------------------------------- speed baseline
+
+
+def test_transformers_baseline_takes_the_folder_weights_of_a_prepacked_bf16_pipeline(
+    tiny_pipeline: Any, tiny_model_dir: Path
+) -> None:
+    """A bf16 pipeline's Linear layers are prepacked and hold no plain weights to copy."""
+    import torch
+
+    from pipeline.artifact import load_model
+
+    assert tiny_pipeline.precision == "bf16"  # CI and these machines have native bf16
+    classifier = bench.transformers_classifier(tiny_pipeline)
+    baseline = classifier.model.bert.state_dict()
+    for key, weight in load_model(tiny_model_dir).net.encoder.state_dict().items():
+        assert torch.equal(baseline[key], weight.float()), key
+    assert classifier("My card was charged twice. Please refund one charge.")[0]["label"]

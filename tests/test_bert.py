@@ -108,6 +108,29 @@ def test_bf16_inference_attention_matches_the_fused_kernel_and_ignores_padding()
     assert cosine.min() > 0.99
 
 
+def test_bf16_attention_casts_the_hidden_states_once_exactly_as_autocast_casts_them_per_projection():
+    torch.manual_seed(0)
+    settings = BertSettings(
+        vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+    )
+    attention = BertEncoder(settings).eval().encoder.layer[0].attention.self
+    hidden = torch.randn(2, 7, 16)
+    bias = torch.zeros(2, 1, 1, 7)
+    bias[1, ..., 4:] = torch.finfo(torch.float32).min
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        once = attention(hidden, bias)
+        # What autocast alone does: each projection casts the fp32 hidden states itself.
+        query, key, value = (
+            attention.split_heads(projection(hidden))
+            for projection in (attention.query, attention.key, attention.value)
+        )
+        per_projection = (
+            attention.explicit_attention(query, key, value, bias).transpose(1, 2).reshape(2, 7, 16)
+        )
+    assert once.dtype == torch.bfloat16
+    assert torch.equal(once, per_projection)
+
+
 def test_training_mode_applies_dropout_and_eval_mode_is_deterministic():
     torch.manual_seed(0)
     settings = BertSettings(
