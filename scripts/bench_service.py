@@ -152,12 +152,12 @@ def bench_in_process(model_dir: Path, texts: list[str], requests: int, batch: in
     """The floor: the same pipeline called directly, one message at a time and in groups of ``batch``.
 
     Loaded and run on one dedicated inference thread, exactly as the service does
-    (``batching.inference_thread``): routing on a thread other than the one that loaded the model
+    (``batching.InferenceThread``): routing on a thread other than the one that loaded the model
     measured about 1.6 times slower here, which would make the in-process floor meaningless.
     """
-    from pipeline.service.batching import inference_thread, load_pipeline_on
+    from pipeline.service.batching import InferenceThread, load_pipeline_on
 
-    with inference_thread() as worker:
+    with InferenceThread() as worker:
         pipeline = load_pipeline_on(worker, model_dir)
         result = worker.submit(_measure_in_process, pipeline, texts, requests, batch, deadline).result()
     return {"model_version": pipeline.model_version, "precision": pipeline.precision, **result}

@@ -21,9 +21,9 @@ from pipeline.service.auth import API_KEYS_ENV
 from pipeline.service.batching import (
     BatcherStoppedError,
     InferenceFailedError,
+    InferenceThread,
     MicroBatcher,
     OverloadedError,
-    inference_thread,
 )
 from pipeline.service.settings import ServiceSettings
 
@@ -269,7 +269,7 @@ def test_every_batch_runs_on_the_one_inference_thread_given_with_its_torch_threa
         seen.append((threading.get_ident(), torch.get_num_threads()))
         return [f"routed:{m.id}" for m in messages]
 
-    thread = inference_thread(torch_threads=1)
+    thread = InferenceThread(torch_threads=1)
     loader = thread.submit(threading.get_ident).result()
 
     async def scenario() -> None:

@@ -45,7 +45,6 @@ from pipeline.service.batching import (
     MicroBatcher,
     Outcome,
     OverloadedError,
-    inference_thread,
     load_pipeline_on,
 )
 from pipeline.service.contract import (
@@ -303,7 +302,7 @@ def create_app(
 ) -> FastAPI:
     """Build the app; the model folder (if no pipeline is given) and the decision log open in the lifespan.
 
-    ``inference`` is the one-thread executor the pipeline was loaded on (``batching.inference_thread``);
+    ``inference`` is the one-thread executor the pipeline was loaded on (``batching.InferenceThread``);
     the service routes on it. Without it, one is made and the model (if not given) is loaded on it.
     """
     keys = _load_keys(settings)
@@ -315,10 +314,10 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
-        executor = inference or inference_thread(settings.inference_threads)
+        executor = inference or InferenceThread(settings.inference_threads)
         loaded = pipeline
         if loaded is None:
-            # Built on the thread that will run it (see batching.inference_thread for why).
+            # Built on the thread that will run it (see batching.InferenceThread for why).
             loaded = await asyncio.to_thread(load_pipeline_on, executor, settings.model_dir)
         is_sqlite = make_url(settings.database_url).get_backend_name() == "sqlite"
         db_executor = ThreadPoolExecutor(

@@ -64,22 +64,7 @@ class InferenceThread(ThreadPoolExecutor):
     """An executor with exactly one thread: the one that loads the pipeline and runs every pass.
 
     A type of its own so that the micro-batcher can require one thread by its signature instead of
-    inspecting a thread pool's private settings; build it with :func:`inference_thread`.
-    """
-
-    def __init__(self, torch_threads: int | None = None) -> None:
-        from pipeline.runtime import configure_threads  # imports torch, which loading the model needs anyway
-
-        super().__init__(
-            max_workers=1,
-            thread_name_prefix="hearken-inference",
-            initializer=configure_threads,
-            initargs=(torch_threads,),
-        )
-
-
-def inference_thread(torch_threads: int | None = None) -> InferenceThread:
-    """The one thread that loads the pipeline and runs every forward pass.
+    inspecting a thread pool's private settings.
 
     Why load on it too: on these machines, routing on a thread other than the one that built the
     pipeline measured 37-40 ms per 250-token message against 23-25 ms on the loading thread (same
@@ -91,7 +76,16 @@ def inference_thread(torch_threads: int | None = None) -> InferenceThread:
     thread, against 30 ms without it, in one noisy run.
     ``torch_threads`` pins torch's intra-op threads on that thread (the setting is per thread).
     """
-    return InferenceThread(torch_threads)
+
+    def __init__(self, torch_threads: int | None = None) -> None:
+        from pipeline.runtime import configure_threads  # imports torch, which loading the model needs anyway
+
+        super().__init__(
+            max_workers=1,
+            thread_name_prefix="hearken-inference",
+            initializer=configure_threads,
+            initargs=(torch_threads,),
+        )
 
 
 def load_pipeline_on(inference: InferenceThread, model_dir: Path | None) -> Pipeline:
@@ -124,7 +118,7 @@ class MicroBatcher:
     ) -> None:
         """``executor``: the single inference thread to use (and shut down on ``stop``); by default
         one is made on ``start``. Pass the thread that loaded the pipeline: torch ops measured
-        1.6x slower on a thread other than the one that loaded the model (see ``inference_thread``).
+        1.6x slower on a thread other than the one that loaded the model (see ``InferenceThread``).
         ``trim_interval_s``: give freed heap memory back at most this often (0: never; see
         ``HeapTrimmer``), on the inference thread after a batch's results are delivered.
         """
@@ -155,7 +149,7 @@ class MicroBatcher:
             return
         self._queue = asyncio.Queue()
         if self._executor is None:
-            self._executor = inference_thread()
+            self._executor = InferenceThread()
         self._collector = asyncio.create_task(self._collect(), name="hearken-micro-batcher")
 
     async def stop(self) -> None:

@@ -84,7 +84,7 @@ def serve(
 
     from pipeline.service.app import create_app
     from pipeline.service.auth import load_access
-    from pipeline.service.batching import inference_thread, load_pipeline_on
+    from pipeline.service.batching import InferenceThread, load_pipeline_on
     from pipeline.service.settings import ServiceSettings
 
     values: dict[str, Any] = {
@@ -120,8 +120,8 @@ def serve(
             ) from exc
         load_access(settings.api_keys_file, settings.insecure_no_auth)  # fail fast, before the slow load
         typer.echo(f"loading model from {model or 'the default model folder'} ...", err=True)
-        # Loaded on the thread that will route (see batching.inference_thread for why).
-        inference = inference_thread(settings.inference_threads)
+        # Loaded on the thread that will route (see batching.InferenceThread for why).
+        inference = InferenceThread(settings.inference_threads)
         pipeline = load_pipeline_on(inference, model)
         app = create_app(settings, pipeline, inference=inference)
     except HearkenError as error:
