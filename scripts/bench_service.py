@@ -27,6 +27,7 @@ import itertools
 import json
 import os
 import platform
+import re
 import secrets
 import signal
 import socket
@@ -203,6 +204,18 @@ def _measure_in_process(pipeline: Any, texts: list[str], requests: int, batch: i
     }
 
 
+def parse_server_timing(header: str) -> dict[str, float]:
+    """``route;dur=25.10, log;dur=0.71`` -> {"route": 25.1, "log": 0.71}; skips entries without a number."""
+    parts: dict[str, float] = {}
+    for entry in header.split(","):
+        name, _, params = entry.strip().partition(";")
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if name and key == "dur" and re.fullmatch(r"\d+(\.\d+)?", value):
+                parts[name] = float(value)
+    return parts
+
+
 async def load_phase(
     url: str, key: str, texts: list[str], requests: int, concurrency: int, tag: str, deadline: float, pid: int
 ) -> dict:
@@ -210,6 +223,7 @@ async def load_phase(
     import httpx
 
     latencies: list[float] = []
+    server_parts: dict[str, list[float]] = {}
     statuses: Counter[str] = Counter()
     counter = itertools.count()
     samples: list[tuple[int, float]] = []
@@ -227,6 +241,8 @@ async def load_phase(
                 try:
                     response = await client.post("/v1/route", json=body)
                     status = str(response.status_code)
+                    for name, ms in parse_server_timing(response.headers.get("server-timing", "")).items():
+                        server_parts.setdefault(name, []).append(ms)
                 except httpx.HTTPError as exc:
                     status = type(exc).__name__
                 latencies.append(time.perf_counter() - started)
@@ -246,6 +262,12 @@ async def load_phase(
         "throughput_msg_s": round(done / wall, 1) if wall else None,
         "errors": done - statuses.get("200", 0),
         "statuses": dict(statuses),
+        # The service's own account of each request (its Server-Timing header): "route" is the wait
+        # for the inference thread plus the pipeline, "log" the decision-log write. The rest of the
+        # client-side latency is HTTP, JSON, auth and this process's httpx client.
+        "server_timing_p50_ms": {
+            name: round(statistics.median(values), 2) for name, values in sorted(server_parts.items())
+        },
         "rss_samples_mb": samples,
     }
 
@@ -341,6 +363,12 @@ def markdown(report: dict) -> str:
     )
     memory = report["memory"]
     goals = report["goals"]
+    timing = [
+        f"c{phase['concurrency']}: "
+        + ", ".join(f"{name} {ms} ms" for name, ms in phase.get("server_timing_p50_ms", {}).items())
+        for phase in report["service"]
+        if phase.get("server_timing_p50_ms")
+    ]
     lines = [
         f"Model `{report['model_version']}` ({report['precision']}), {report['texts']['count']} distinct "
         f"texts, mean {report['texts']['mean_tokens']:.0f} tokens ({report['texts']['source']}); "
@@ -353,6 +381,10 @@ def markdown(report: dict) -> str:
         f"({'flat' if goals['memory_flat'] else 'GROWING'}); "
         "within each phase after its first 1,000 requests: "
         + ", ".join(f"c{c} {d:+} MB" for c, d in memory.get("drift_within_phase_mb", {}).items())
+        + ".",
+        "",
+        "Server-Timing p50 (the service's own account; the rest is HTTP, JSON and the client): "
+        + ("; ".join(timing) if timing else "not sent")
         + ".",
         "",
         "Goals: " + ", ".join(f"{name} {'met' if met else 'NOT met'}" for name, met in goals.items()) + ".",

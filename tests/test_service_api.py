@@ -65,6 +65,40 @@ def test_route_returns_the_v1_result_and_logs_the_decision(client: TestClient, t
     assert row["text"] is None
 
 
+def _server_timing(response) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    parts = {}
+    for entry in response.headers["server-timing"].split(","):
+        name, _, duration = entry.strip().partition(";dur=")
+        parts[name] = float(duration)
+    return parts
+
+
+def test_route_and_batch_say_where_the_time_went_in_server_timing(client: TestClient) -> None:
+    single = client.post("/v1/route", json={"text": TEXT}, headers=AUTH)
+    batch = client.post("/v1/route/batch", json={"messages": [{"text": TEXT}, {"text": ""}]}, headers=AUTH)
+    for response in (single, batch):
+        assert response.status_code == 200, response.text
+        parts = _server_timing(response)
+        assert list(parts) == ["route", "log"]
+        assert all(ms >= 0.0 for ms in parts.values())
+    refused = client.post("/v1/route", json={"text": ""}, headers=AUTH)
+    assert refused.status_code == 422 and "server-timing" not in refused.headers
+
+
+def test_bench_reads_the_server_timing_header() -> None:
+    import importlib.util
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "bench_service.py"
+    spec = importlib.util.spec_from_file_location("bench_service", script)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    parse_server_timing = bench.parse_server_timing
+    assert parse_server_timing("route;dur=25.10, log;dur=0.71") == {"route": 25.1, "log": 0.71}
+    assert parse_server_timing('cache;desc="hit", db;dur=x, app;dur=3') == {"app": 3.0}
+    assert parse_server_timing("") == {}
+
+
 def test_route_generates_an_id_when_none_is_sent(client: TestClient) -> None:
     response = client.post("/v1/route", json={"text": "Please close my savings account."}, headers=AUTH)
     assert response.status_code == 200

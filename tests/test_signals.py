@@ -942,6 +942,39 @@ def test_round3_negatives(detector: SignalDetector, signal: str, text: str) -> N
     assert signal not in names(detector, text)
 
 
+# Round 4 (dev2/dev3 misses): a replacement that fails the same way, "Nth time the same ...",
+# "there is no card" after a payment, a cash machine that kept the cash.
+ROUND4_FAMILIES = {
+    "repeat_failure": [
+        "They sent a new card and this one does the exact same thing.",
+        "The second replacement checkbook arrived today with my surname spelled Petersen again.",
+        "Third time the same pending transfer has been reversed after you said it had cleared.",
+    ],
+    "charged_not_delivered": [
+        "I paid the $25 express fee on the 2nd. It is the 20th and there is no card.",
+        "I deposited $400 at the machine, it counted the cash and then didnt give me anything, no receipt.",
+    ],
+}
+ROUND4_NEGATIVES = [
+    ("repeat_failure", "The third time I called, they hung up."),
+    ("repeat_failure", "The replacement card came today and I had to call again to activate it."),
+    ("repeat_failure", "I have one card and it has the same number as the old one."),
+    ("charged_not_delivered", "There is no card fee on this account."),
+    ("charged_not_delivered", "I paid my bill. There is no money left for rent."),
+    ("charged_not_delivered", "The ATM did not give me anything to sign."),
+]
+
+
+@pytest.mark.parametrize(("signal", "text"), [(s, t) for s, ts in ROUND4_FAMILIES.items() for t in ts])
+def test_round4_families(detector: SignalDetector, signal: str, text: str) -> None:
+    assert signal in names(detector, text)
+
+
+@pytest.mark.parametrize(("signal", "text"), ROUND4_NEGATIVES)
+def test_round4_negatives(detector: SignalDetector, signal: str, text: str) -> None:
+    assert signal not in names(detector, text)
+
+
 @pytest.mark.parametrize(
     ("signal", "text"),
     [
