@@ -812,16 +812,6 @@ GENERALISED_NEGATIVES = [
 ]
 
 
-@pytest.mark.parametrize(("signal", "text"), [(s, t) for s, ts in GENERALISED_FAMILIES.items() for t in ts])
-def test_generalised_families(detector: SignalDetector, signal: str, text: str) -> None:
-    assert signal in names(detector, text)
-
-
-@pytest.mark.parametrize(("signal", "text"), GENERALISED_NEGATIVES)
-def test_generalised_negatives(detector: SignalDetector, signal: str, text: str) -> None:
-    assert signal not in names(detector, text)
-
-
 # =============================================================================== round 3 (dev3)
 # Phrasings written for the third round, to check that the lexicon generalises beyond the wording
 # of dev/dev2: lemma and synonym sets, optional words and relative clauses, not one row's phrase.
@@ -932,16 +922,6 @@ ROUND3_NEGATIVES = [
 ]
 
 
-@pytest.mark.parametrize(("signal", "text"), [(s, t) for s, ts in ROUND3_FAMILIES.items() for t in ts])
-def test_round3_families(detector: SignalDetector, signal: str, text: str) -> None:
-    assert signal in names(detector, text)
-
-
-@pytest.mark.parametrize(("signal", "text"), ROUND3_NEGATIVES)
-def test_round3_negatives(detector: SignalDetector, signal: str, text: str) -> None:
-    assert signal not in names(detector, text)
-
-
 # Round 4 (dev2/dev3 misses): a replacement that fails the same way, "Nth time the same ...",
 # "there is no card" after a payment, a cash machine that kept the cash.
 ROUND4_FAMILIES = {
@@ -964,14 +944,26 @@ ROUND4_NEGATIVES = [
     ("charged_not_delivered", "The ATM did not give me anything to sign."),
 ]
 
+#: The phrasing families and near misses of each later lexicon round, checked alike.
+LATER_ROUNDS = {
+    "generalised": (GENERALISED_FAMILIES, GENERALISED_NEGATIVES),
+    "round3": (ROUND3_FAMILIES, ROUND3_NEGATIVES),
+    "round4": (ROUND4_FAMILIES, ROUND4_NEGATIVES),
+}
 
-@pytest.mark.parametrize(("signal", "text"), [(s, t) for s, ts in ROUND4_FAMILIES.items() for t in ts])
-def test_round4_families(detector: SignalDetector, signal: str, text: str) -> None:
+
+@pytest.mark.parametrize(
+    ("signal", "text"),
+    [(s, t) for families, _ in LATER_ROUNDS.values() for s, ts in families.items() for t in ts],
+)
+def test_later_round_families(detector: SignalDetector, signal: str, text: str) -> None:
     assert signal in names(detector, text)
 
 
-@pytest.mark.parametrize(("signal", "text"), ROUND4_NEGATIVES)
-def test_round4_negatives(detector: SignalDetector, signal: str, text: str) -> None:
+@pytest.mark.parametrize(
+    ("signal", "text"), [case for _, negatives in LATER_ROUNDS.values() for case in negatives]
+)
+def test_later_round_negatives(detector: SignalDetector, signal: str, text: str) -> None:
     assert signal not in names(detector, text)
 
 
