@@ -68,6 +68,16 @@ class AskConfig(BaseModel):
         "an in-context reading off: on dev compositions (Banking77 dev utterances buried in CFPB dev "
         "background) intent accuracy went from 0.813 to 0.842 (bare: 0.905).",
     )
+    intent_alone_weight: float = Field(
+        default=0.75,
+        gt=0.0,
+        le=1.0,
+        description="The reading alone's share when it is averaged with the reading in context (the "
+        "rest is the context's). The context still counts, since it is what makes a terse ask readable, "
+        "but hundreds of words of background pull its reading towards the background's topics. On 1,000 "
+        "dev compositions (Banking77 dev utterances after 200-600 words of CFPB dev-split background) "
+        "intent accuracy was 0.848 at 0.5, 0.857 at 0.75 and 0.848 at 1.0 (bare: 0.918).",
+    )
     intent_alone_min_words: int = Field(
         default=100,
         ge=0,

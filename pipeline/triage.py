@@ -443,7 +443,7 @@ class Pipeline:
         ask-like sentence: a one-line query ("card still not here") is often scored below the
         threshold yet is plainly what the customer wants, and the tier never depends on it then.
         Each sentence's reading in context is averaged with its reading alone where there is one
-        (``asks.intent_reads_ask_alone_too``).
+        (``asks.intent_reads_ask_alone_too``), the reading alone weighing ``asks.intent_alone_weight``.
         """
         assert reading.encoded is not None
         probs = reading.encoded.sentence_probs.get("intent")
@@ -455,7 +455,10 @@ class Pipeline:
         sentences, alone = self._intent_sentences(reading), reading.intent_alone
         found = reading.asks
         weights = np.array([ask.score for _, ask in found]) if found else np.ones(len(sentences))
-        readings = np.stack([(probs[i] + alone[i]) / 2 if i in alone else probs[i] for i in sentences])
+        share = self.config.asks.intent_alone_weight
+        readings = np.stack(
+            [(1.0 - share) * probs[i] + share * alone[i] if i in alone else probs[i] for i in sentences]
+        )
         mixed = (readings * weights[:, None]).sum(0) / weights.sum()
         best = int(np.argmax(mixed))
         return IntentResult(label=labels[best], confidence=round(float(mixed[best]), 4))

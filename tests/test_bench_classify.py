@@ -190,6 +190,13 @@ def sample_report() -> dict[str, Any]:
             "baseline_tfidf_linearsvc": {"accuracy": 0.6, "macro_f1": 0.5},
             "baseline_tfidf_linearsvc_first_200_chars": {"accuracy": 0.4, "macro_f1": 0.35},
         },
+        "cfpb_product_held_out": {
+            "rows": 262,
+            "scored_rows": 262,
+            "hearken": {"accuracy": 0.8, "macro_f1": 0.61, "ece": 0.025},
+            "hearken_reason": None,
+            "baseline_tfidf_linearsvc": {"accuracy": 0.7, "macro_f1": 0.45},
+        },
         "buried_intent": {
             "messages": 3080,
             "hearken_buried_accuracy": 0.88,
@@ -234,6 +241,9 @@ def test_format_table_renders_every_measure_with_its_baseline_and_goal() -> None
     product = next(row for name, row in by_measure.items() if name.startswith("CFPB AEGIS product"))
     assert product[1] == "0.710 / 0.655"
     assert "first 200 chars 0.400 / 0.350" in product[2]
+    held_out = next(row for name, row in by_measure.items() if name.startswith("CFPB test split"))
+    assert "262 rows" in held_out[0] and held_out[1] == "0.800 / 0.610 / 0.025"
+    assert held_out[2] == "TF-IDF + LinearSVC 0.700 / 0.450"
     buried = next(row for name, row in by_measure.items() if name.startswith("buried intent"))
     assert "0.965" in buried[1] and buried[3] == "ratio ≥ 0.97"
     assert "ratio 0.548" in buried[2]
@@ -252,6 +262,7 @@ def test_format_table_says_why_when_the_model_has_no_product_head() -> None:
     report["cfpb_product"]["hearken_reason"] = "this model has no product head"
     report["precision_agreement"]["cfpb_aegis"] = {"product_agreement": None}
     report["cold_start"] = {"runs_seconds": [], "median_seconds": None, "error": "boom"}
+    report["cfpb_product_held_out"] = {"rows": 262, "hearken": None, "hearken_reason": "no product head"}
     table = bench.format_table(report)
     assert "quick run" in table.splitlines()[0]
     rows = table_rows(table)
@@ -259,6 +270,7 @@ def test_format_table_says_why_when_the_model_has_no_product_head() -> None:
     assert product[1] == "n/a (this model has no product head)"
     assert "TF-IDF + LinearSVC 0.600 / 0.500" in product[2]
     assert not any(row[0].startswith("same, ECE of product") for row in rows)
+    assert not any(row[0].startswith("CFPB test split") for row in rows)
     agreement = next(row for row in rows if "argmax agreement" in row[0])
     assert agreement[1] == "0.998 / n/a"
     cold = next(row for row in rows if row[0].startswith("cold start"))

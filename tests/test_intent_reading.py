@@ -40,7 +40,8 @@ def expected_intent(pipeline: Pipeline, text: str, read_alone: bool) -> tuple[st
         if read_alone:
             sentence = text[start:end]
             alone = pipeline.encoder.encode([sentence], [[(0, len(sentence))]])[0].sentence_probs["intent"][0]
-            reading = (reading + alone) / 2
+            share = pipeline.config.asks.intent_alone_weight
+            reading = (1.0 - share) * reading + share * alone
         readings.append(reading)
     mixed = (np.stack(readings) * scores[:, None]).sum(0) / scores.sum()
     best = int(np.argmax(mixed))
@@ -85,6 +86,20 @@ def test_a_short_message_is_read_in_context_only(pipelines: tuple[Pipeline, Pipe
     assert both.route(text).intent == in_context_only.route(text).intent
 
 
+def test_the_reading_alone_weighs_what_the_config_says(pipelines: tuple[Pipeline, Pipeline]) -> None:
+    both, _ = pipelines
+    assert both.config.asks.intent_alone_weight == 0.75  # the default, chosen on dev compositions
+    halves_config = both.config.model_copy(deep=True)
+    halves_config.asks.intent_alone_weight = 0.5
+    halves = Pipeline(halves_config, both.encoder.net, both.encoder.tokenizer, both.model_version)
+    result = halves.route(TEXT).intent
+    assert (result.label, result.confidence) == expected_intent(halves, TEXT, read_alone=True)
+    assert result.confidence != both.route(TEXT).intent.confidence
+
+
 def test_setting_is_saved_with_the_model_config() -> None:
     assert PipelineConfig().asks.intent_reads_ask_alone_too is True
-    assert "intent_reads_ask_alone_too" in PipelineConfig().model_dump()["asks"]
+    dumped = PipelineConfig().model_dump()["asks"]
+    assert "intent_reads_ask_alone_too" in dumped and dumped["intent_alone_weight"] == 0.75
+    with pytest.raises(ValueError):
+        AskConfig(intent_alone_weight=0.0)

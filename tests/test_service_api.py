@@ -85,7 +85,7 @@ def test_route_and_batch_say_where_the_time_went_in_server_timing(client: TestCl
     assert refused.status_code == 422 and "server-timing" not in refused.headers
 
 
-def test_bench_reads_the_server_timing_header() -> None:
+def _bench_service_module() -> Any:
     import importlib.util
 
     script = Path(__file__).resolve().parent.parent / "scripts" / "bench_service.py"
@@ -93,10 +93,37 @@ def test_bench_reads_the_server_timing_header() -> None:
     assert spec is not None and spec.loader is not None
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    parse_server_timing = bench.parse_server_timing
+    return bench
+
+
+def test_bench_reads_the_server_timing_header() -> None:
+    parse_server_timing = _bench_service_module().parse_server_timing
     assert parse_server_timing("route;dur=25.10, log;dur=0.71") == {"route": 25.1, "log": 0.71}
     assert parse_server_timing('cache;desc="hit", db;dur=x, app;dur=3') == {"app": 3.0}
     assert parse_server_timing("") == {}
+
+
+def test_bench_judges_memory_by_its_peak_under_load_within_each_phase() -> None:
+    bench = _bench_service_module()
+
+    def phase(concurrency: int, rss: list[float]) -> dict[str, Any]:
+        samples = [(1000 * (i + 1), v) for i, v in enumerate(rss)]
+        return {"concurrency": concurrency, "rss_samples_mb": samples}
+
+    # A larger working set at concurrency 8 (a step between phases), and readings that dip after a
+    # heap trim and come back, are not growth ...
+    stepped = [phase(1, [742.4, 733.1, 742.6, 742.6]), phase(8, [755.4, 792.5, 807.4, 795.4])]
+    assert bench.phase_drift_mb(stepped) == {1: 0.2, 8: 14.9}
+    assert bench.memory_is_flat(stepped, bench.phase_drift_mb(stepped))
+    # ... a peak that keeps climbing with the requests served is.
+    leaking = [phase(1, [742.4, 733.1, 742.6, 742.6]), phase(8, [700.0, 720.0, 760.0, 790.0])]
+    assert bench.phase_drift_mb(leaking)[8] == 70.0
+    assert not bench.memory_is_flat(leaking, bench.phase_drift_mb(leaking))
+    # A phase too short to be sampled twice shows nothing, so it cannot pass.
+    short = [phase(1, [721.9])]
+    assert bench.phase_drift_mb(short) == {}
+    assert not bench.memory_is_flat(short, bench.phase_drift_mb(short))
+    assert not bench.memory_is_flat([], {})
 
 
 def test_route_generates_an_id_when_none_is_sent(client: TestClient) -> None:
