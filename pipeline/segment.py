@@ -34,6 +34,7 @@ from spacy.tokens import Doc
 from pipeline.english import english_on, shared_english
 
 RULES_COMPONENT = "hearken_sentence_rules_v1"
+CASE_COMPONENT = "hearken_case_breaks_v1"
 CHAT_COMPONENT = "hearken_chat_cues_v1"
 
 
@@ -57,6 +58,12 @@ class SegmenterConfig(BaseModel):
         ge=1,
         description="A line at least this long that ends without punctuation, followed by a line starting "
         "in lowercase, is taken as hard-wrapped and continues the sentence.",
+    )
+    case_breaks: bool = Field(
+        default=True,
+        description="A capitalised sentence opener ('My', 'The', 'Please', 'Can', ...; never 'I') right "
+        "after a lowercase word starts a new sentence: the writer left the sentence before it unpunctuated "
+        "('i need a new pin My card was blocked yesterday.').",
     )
     chat_cues: bool = Field(
         default=True,
@@ -392,6 +399,83 @@ _ENDS_PUNCTUATED = re.compile(r"[.!?][\"')\]]*$")
 _ALPHA = re.compile(r"[^\W\d_]")
 
 
+#: Capitalised words that open a sentence and almost never stand capitalised inside one. "I" is not
+#: here: "the card I ordered" puts it after a lowercase word mid-sentence all the time.
+_SENTENCE_OPENERS = frozenset(
+    _words(
+        "my the this that these those we our it its they their he she his her you your please thank thanks "
+        "can could would will why what how when where is are do does did also after since then however "
+        "now today yesterday recently hello hi dear"
+    )
+)
+#: Words after which a capital is the writer's slip, not a new sentence ("and They never answered").
+_NO_CASE_BREAK_AFTER = frozenset(
+    _words(
+        "and or but nor so because that if when while said says stated told asked wrote of to for with "
+        "at in on by from as than per via into about"
+    )
+)
+_CASE_MIN_TOKENS_BEFORE = 3
+_CASE_MIN_TOKENS_AFTER = 2
+
+
+@Language.factory(CASE_COMPONENT)
+def make_case_breaks(nlp: Language, name: str) -> CaseBreaks:
+    return CaseBreaks()
+
+
+class CaseBreaks:
+    """Starts a sentence at a capitalised opener that follows a lowercase word.
+
+    Why: a question typed without a question mark and followed by more text ("can i get a refund
+    My order never came.") gives punctuation nothing to cut at, and the ask is then scored as part
+    of the next sentence. In edited prose a capitalised "My", "The" or "Please" right after a
+    lowercase word does not happen inside a sentence, so the case change marks the missing stop.
+    Names are safe because only the listed openers count ("my Discover card" stays whole), and at
+    least ``_CASE_MIN_TOKENS_BEFORE`` tokens must come before and ``_CASE_MIN_TOKENS_AFTER`` after.
+
+    "I" is the commonest opener but also stands after lowercase words inside sentences ("the card I
+    ordered"), so it counts only where the writer has just shown that they type the pronoun as "i"
+    with no capitals at all since the sentence began: "tell me what i owe I paid in March."
+    """
+
+    def __call__(self, doc: Doc) -> Doc:
+        if len(doc) < _CASE_MIN_TOKENS_BEFORE + _CASE_MIN_TOKENS_AFTER:
+            return doc
+        starts = _sent_start_tokens(doc)
+        bounds = np.append(starts, len(doc))
+        new_starts: list[int] = []
+        for a, b in itertools.pairwise(bounds):
+            sentence_start = int(a)
+            lowercase_i = False  # the writer typed the pronoun "i" since sentence_start
+            capitals = False  # any capital letter since sentence_start
+            for i in range(int(a), int(b)):
+                token = doc[i]
+                if (
+                    i - sentence_start >= _CASE_MIN_TOKENS_BEFORE
+                    and int(b) - i >= _CASE_MIN_TOKENS_AFTER
+                    and self._opens_sentence(doc, i, lowercase_i and not capitals)
+                ):
+                    new_starts.append(i)
+                    sentence_start, lowercase_i, capitals = i, False, False
+                lowercase_i = lowercase_i or token.text == "i"
+                capitals = capitals or any(c.isupper() for c in token.text)
+        if new_starts:
+            _write_sent_starts(doc, np.concatenate((starts, np.asarray(new_starts, dtype=np.int64))))
+        return doc
+
+    @staticmethod
+    def _opens_sentence(doc: Doc, i: int, pronoun_typed_lowercase: bool) -> bool:
+        token, previous = doc[i], doc[i - 1]
+        if not (previous.is_alpha and previous.is_lower) or previous.lower_ in _NO_CASE_BREAK_AFTER:
+            return False
+        if not previous.whitespace_ or "\n" in previous.whitespace_:
+            return False  # glued tokens; line breaks are the sentence rules' business
+        if token.text == "I":
+            return pronoun_typed_lowercase
+        return token.is_title and token.lower_ in _SENTENCE_OPENERS
+
+
 @Language.factory(CHAT_COMPONENT)
 def make_chat_cues(nlp: Language, name: str) -> ChatCues:
     return ChatCues(nlp)
@@ -554,6 +638,8 @@ class Segmenter:
                 "hard_wrap_min_line_chars": self.config.hard_wrap_min_line_chars,
             },
         )
+        if self.config.case_breaks:
+            self.nlp.add_pipe(CASE_COMPONENT)
         if self.config.chat_cues:
             self.nlp.add_pipe(CHAT_COMPONENT)
 

@@ -14,7 +14,14 @@ from pydantic import ValidationError
 
 from pipeline.datadir import resolve_data_dir
 from pipeline.normalise import Normaliser
-from pipeline.segment import CHAT_COMPONENT, RULES_COMPONENT, Segmenter, SegmenterConfig, Sentence
+from pipeline.segment import (
+    CASE_COMPONENT,
+    CHAT_COMPONENT,
+    RULES_COMPONENT,
+    Segmenter,
+    SegmenterConfig,
+    Sentence,
+)
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +59,10 @@ def test_config_forbids_unknown_fields_and_describes_fields() -> None:
 
 
 def test_components_are_registered_under_versioned_names(segmenter: Segmenter) -> None:
-    assert segmenter.nlp.pipe_names == [RULES_COMPONENT, CHAT_COMPONENT]
-    assert RULES_COMPONENT.endswith("_v1") and CHAT_COMPONENT.endswith("_v1")
-    assert Segmenter(SegmenterConfig(chat_cues=False)).nlp.pipe_names == [RULES_COMPONENT]
+    assert segmenter.nlp.pipe_names == [RULES_COMPONENT, CASE_COMPONENT, CHAT_COMPONENT]
+    assert all(name.endswith("_v1") for name in (RULES_COMPONENT, CASE_COMPONENT, CHAT_COMPONENT))
+    plain = SegmenterConfig(chat_cues=False, case_breaks=False)
+    assert Segmenter(plain).nlp.pipe_names == [RULES_COMPONENT]
 
 
 # ------------------------------------------------------------------------------- prose
@@ -184,6 +192,42 @@ def test_short_chat_replies_and_punctuated_prose_are_not_cut_at_cues(segmenter: 
     assert texts_of(segmenter.segment("ok thank you")) == ["ok thank you"]
     prose = "Could you please check my account and let me know when the refund will arrive?"
     assert texts_of(segmenter.segment(prose)) == [prose]
+
+
+def test_an_unpunctuated_sentence_ends_where_a_capitalised_opener_follows(segmenter: Segmenter) -> None:
+    cases = {
+        "i need to know the pin number My card was stolen yesterday.": [
+            "i need to know the pin number",
+            "My card was stolen yesterday.",
+        ],
+        "My top up is still pending The app shows nothing.": [
+            "My top up is still pending",
+            "The app shows nothing.",
+        ],
+        # "I" counts only after the writer typed the pronoun as "i", with no capitals since.
+        "tell me the least i can pay I have been trying since May.": [
+            "tell me the least i can pay",
+            "I have been trying since May.",
+        ],
+    }
+    for text, expected in cases.items():
+        assert texts_of(segmenter.segment(text)) == expected
+
+
+def test_capitals_inside_a_sentence_do_not_cut_it(segmenter: Segmenter) -> None:
+    kept_whole = [
+        "the new card I ordered never came",  # "I" after a lowercase word, no lowercase "i" before
+        "My Discover card was charged twice by the merchant.",  # a name, not an opener
+        "I wrote to them in March and They never answered my letter.",  # a slip after "and"
+        "I called the bank and the agent said The charge was valid.",  # reported speech
+        "Check it The end",  # fewer than three tokens before the opener
+    ]
+    for text in kept_whole:
+        assert texts_of(segmenter.segment(text)) == [text], text
+    off = Segmenter(SegmenterConfig(case_breaks=False))
+    text = "i need to know the pin number My card was stolen yesterday."
+    assert texts_of(off.segment(text)) == [text]
+    assert CASE_COMPONENT not in off.nlp.pipe_names
 
 
 def test_social_post_keeps_urls_handles_and_hashtags_whole(segmenter: Segmenter) -> None:
