@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
-from spacy.attrs import IDX, SENT_START
+from spacy.attrs import IDX, IS_TITLE, SENT_START
 from spacy.language import Language
 from spacy.matcher import Matcher
 from spacy.tokens import Doc
@@ -442,38 +442,41 @@ class CaseBreaks:
     def __call__(self, doc: Doc) -> Doc:
         if len(doc) < _CASE_MIN_TOKENS_BEFORE + _CASE_MIN_TOKENS_AFTER:
             return doc
+        # Only title-case tokens can open a sentence here: find them in one array pass, so the
+        # common token costs nothing in Python.
+        titles = np.flatnonzero(doc.to_array(IS_TITLE))
+        if not len(titles):
+            return doc
         starts = _sent_start_tokens(doc)
         bounds = np.append(starts, len(doc))
         new_starts: list[int] = []
         for a, b in itertools.pairwise(bounds):
-            sentence_start = int(a)
-            lowercase_i = False  # the writer typed the pronoun "i" since sentence_start
-            capitals = False  # any capital letter since sentence_start
-            for i in range(int(a), int(b)):
-                token = doc[i]
-                if (
-                    i - sentence_start >= _CASE_MIN_TOKENS_BEFORE
-                    and int(b) - i >= _CASE_MIN_TOKENS_AFTER
-                    and self._opens_sentence(doc, i, lowercase_i and not capitals)
+            sentence_start, end = int(a), int(b)
+            lo, hi = np.searchsorted(
+                titles, [sentence_start + _CASE_MIN_TOKENS_BEFORE, end - _CASE_MIN_TOKENS_AFTER + 1]
+            )
+            for i in titles[lo:hi].tolist():
+                if i - sentence_start >= _CASE_MIN_TOKENS_BEFORE and self._opens_sentence(
+                    doc, i, sentence_start
                 ):
                     new_starts.append(i)
-                    sentence_start, lowercase_i, capitals = i, False, False
-                lowercase_i = lowercase_i or token.text == "i"
-                capitals = capitals or any(c.isupper() for c in token.text)
+                    sentence_start = i
         if new_starts:
             _write_sent_starts(doc, np.concatenate((starts, np.asarray(new_starts, dtype=np.int64))))
         return doc
 
     @staticmethod
-    def _opens_sentence(doc: Doc, i: int, pronoun_typed_lowercase: bool) -> bool:
+    def _opens_sentence(doc: Doc, i: int, sentence_start: int) -> bool:
         token, previous = doc[i], doc[i - 1]
         if not (previous.is_alpha and previous.is_lower) or previous.lower_ in _NO_CASE_BREAK_AFTER:
             return False
         if not previous.whitespace_ or "\n" in previous.whitespace_:
             return False  # glued tokens; line breaks are the sentence rules' business
         if token.text == "I":
-            return pronoun_typed_lowercase
-        return token.is_title and token.lower_ in _SENTENCE_OPENERS
+            # The writer typed the pronoun as "i" since the sentence began, and no capital at all.
+            before = [doc[j].text for j in range(sentence_start, i)]
+            return "i" in before and not any(c.isupper() for text in before for c in text)
+        return token.lower_ in _SENTENCE_OPENERS
 
 
 @Language.factory(CHAT_COMPONENT)
