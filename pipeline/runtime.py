@@ -54,6 +54,28 @@ def resolve_precision(requested: Precision = "auto") -> Literal["bf16", "fp32"]:
 
 
 @contextlib.contextmanager
+def precision_override(value: Precision | None) -> Iterator[None]:
+    """Set ``$HEARKEN_PRECISION`` (None: unset, i.e. the automatic choice) while a pipeline is built.
+
+    For benchmarks and comparisons that load the same folder at two precisions in one process.
+    ``TextEncoder`` resolves the precision once, at construction, so the variable only needs to
+    hold while ``Pipeline.from_folder`` runs; the caller's own setting is restored afterwards.
+    """
+    saved = os.environ.get(PRECISION_ENV)
+    if value is None:
+        os.environ.pop(PRECISION_ENV, None)
+    else:
+        os.environ[PRECISION_ENV] = value
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(PRECISION_ENV, None)
+        else:
+            os.environ[PRECISION_ENV] = saved
+
+
+@contextlib.contextmanager
 def inference_context(precision: Literal["bf16", "fp32"]) -> Iterator[None]:
     """Inference mode plus, for bf16, CPU autocast (weights stay fp32, matmuls run in bf16)."""
     with torch.inference_mode():

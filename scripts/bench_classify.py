@@ -39,7 +39,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline import evaluation  # noqa: E402
 from pipeline.errors import DataError, HearkenError  # noqa: E402
+from pipeline.runtime import precision_override  # noqa: E402
 from pipeline.trainset import text_key  # noqa: E402  (the identity training dedups narratives by)
 
 if TYPE_CHECKING:
@@ -731,29 +732,6 @@ def buried_intent(
         "baseline_ratio": cut_acc / bare_acc if bare_acc else None,
         "seed": seed,
     }
-
-
-@contextlib.contextmanager
-def precision_override(value: str | None) -> Iterator[None]:
-    """Set ``$HEARKEN_PRECISION`` (None: unset, i.e. the automatic choice) while a pipeline is built.
-
-    ``TextEncoder`` resolves the precision once, at construction, so the variable only needs to
-    hold while ``Pipeline.from_folder`` runs.
-    """
-    from pipeline.runtime import PRECISION_ENV
-
-    saved = os.environ.get(PRECISION_ENV)
-    if value is None:
-        os.environ.pop(PRECISION_ENV, None)
-    else:
-        os.environ[PRECISION_ENV] = value
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop(PRECISION_ENV, None)
-        else:
-            os.environ[PRECISION_ENV] = saved
 
 
 def agreement(a: Sequence[str | None], b: Sequence[str | None]) -> float:

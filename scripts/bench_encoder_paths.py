@@ -77,21 +77,14 @@ def main() -> None:
     import torch
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-    from pipeline.runtime import PRECISION_ENV, inference_context
+    from pipeline.runtime import inference_context, precision_override
     from pipeline.triage import Pipeline
 
     torch.set_num_threads(2)
-    saved = os.environ.get(PRECISION_ENV)
-    try:
-        os.environ[PRECISION_ENV] = "fp32"
+    with precision_override("fp32"):
         fp32_pipeline = Pipeline.from_folder(args.model)
-        os.environ.pop(PRECISION_ENV)
+    with precision_override(None):
         fast_pipeline = Pipeline.from_folder(args.model)
-    finally:
-        if saved is not None:
-            os.environ[PRECISION_ENV] = saved
-        else:
-            os.environ.pop(PRECISION_ENV, None)
     fp32 = fp32_pipeline.encoder.net.encoder.eval()
     fast = fast_pipeline.encoder.net.encoder
 

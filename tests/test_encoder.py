@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 
 import numpy as np
 import pytest
@@ -192,3 +193,19 @@ def test_fp32_encoder_keeps_fp32_weights():
     encoder = tiny_encoder(precision="fp32")
     encoder.store_weights_for_precision()
     assert all(p.dtype == torch.float32 for p in encoder.net.parameters())
+
+
+def test_precision_override_sets_or_clears_the_variable_and_restores_the_callers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(runtime.PRECISION_ENV, "bf16")
+    with runtime.precision_override("fp32"):
+        assert runtime.resolve_precision("auto") == "fp32"
+    assert os.environ[runtime.PRECISION_ENV] == "bf16"
+    with runtime.precision_override(None):
+        assert runtime.PRECISION_ENV not in os.environ
+    assert os.environ[runtime.PRECISION_ENV] == "bf16"
+    monkeypatch.delenv(runtime.PRECISION_ENV)
+    with pytest.raises(RuntimeError), runtime.precision_override("fp32"):
+        raise RuntimeError("a failed load")
+    assert runtime.PRECISION_ENV not in os.environ
