@@ -272,18 +272,26 @@ async def load_phase(
     }
 
 
+def half_peaks_mb(phase: dict) -> tuple[float, float] | None:
+    """A phase's RSS peak under load in its first and in its second half of samples (None: < 2 samples)."""
+    values = [rss for _, rss in phase["rss_samples_mb"]]
+    if len(values) < 2:
+        return None
+    half = len(values) // 2
+    return max(values[:half]), max(values[half:])
+
+
 def phase_drift_mb(service: list[dict]) -> dict[int, float]:
     """Per phase: RSS peak under load in its second half of requests minus the peak in its first half."""
     drift = {}
     for phase in service:
-        values = [rss for _, rss in phase["rss_samples_mb"]]
-        if len(values) >= 2:
-            half = len(values) // 2
-            drift[phase["concurrency"]] = round(max(values[half:]) - max(values[:half]), 1)
+        peaks = half_peaks_mb(phase)
+        if peaks is not None:
+            drift[phase["concurrency"]] = round(peaks[1] - peaks[0], 1)
     return drift
 
 
-def memory_is_flat(service: list[dict], drift: dict[int, float]) -> bool:
+def memory_is_flat(service: list[dict]) -> bool:
     """True when no phase's RSS peak rises from the first half of its requests to the second.
 
     Why this test: a leak grows with the requests served, so a phase of thousands of requests at one
@@ -298,11 +306,8 @@ def memory_is_flat(service: list[dict], drift: dict[int, float]) -> bool:
     if not service:
         return False
     for phase in service:
-        samples = phase["rss_samples_mb"]
-        if phase["concurrency"] not in drift or not samples:
-            return False
-        first_peak = max(rss for _, rss in samples[: len(samples) // 2])
-        if drift[phase["concurrency"]] > max(FLAT_MEMORY_MB, 0.05 * first_peak):
+        peaks = half_peaks_mb(phase)
+        if peaks is None or round(peaks[1] - peaks[0], 1) > max(FLAT_MEMORY_MB, 0.05 * peaks[0]):
             return False
     return True
 
@@ -508,7 +513,7 @@ def main() -> None:
         "p50<=30ms@c1": bool(1 in by_level and (by_level[1]["p50_ms"] or 1e9) <= GOAL_P50_C1_MS),
         "p99<=120ms@c8": bool(8 in by_level and (by_level[8]["p99_ms"] or 1e9) <= GOAL_P99_C8_MS),
         "no_errors": all(p["errors"] == 0 for p in service),
-        "memory_flat": memory_is_flat(service, drift),
+        "memory_flat": memory_is_flat(service),
     }
     report: dict[str, Any] = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),

@@ -114,16 +114,16 @@ def test_bench_judges_memory_by_its_peak_under_load_within_each_phase() -> None:
     # heap trim and come back, are not growth ...
     stepped = [phase(1, [742.4, 733.1, 742.6, 742.6]), phase(8, [755.4, 792.5, 807.4, 795.4])]
     assert bench.phase_drift_mb(stepped) == {1: 0.2, 8: 14.9}
-    assert bench.memory_is_flat(stepped, bench.phase_drift_mb(stepped))
+    assert bench.memory_is_flat(stepped)
     # ... a peak that keeps climbing with the requests served is.
     leaking = [phase(1, [742.4, 733.1, 742.6, 742.6]), phase(8, [700.0, 720.0, 760.0, 790.0])]
     assert bench.phase_drift_mb(leaking)[8] == 70.0
-    assert not bench.memory_is_flat(leaking, bench.phase_drift_mb(leaking))
+    assert not bench.memory_is_flat(leaking)
     # A phase too short to be sampled twice shows nothing, so it cannot pass.
     short = [phase(1, [721.9])]
     assert bench.phase_drift_mb(short) == {}
-    assert not bench.memory_is_flat(short, bench.phase_drift_mb(short))
-    assert not bench.memory_is_flat([], {})
+    assert not bench.memory_is_flat(short)
+    assert not bench.memory_is_flat([])
 
 
 def test_route_generates_an_id_when_none_is_sent(client: TestClient) -> None:
