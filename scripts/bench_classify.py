@@ -551,21 +551,28 @@ def load_aegis(training_texts: Sequence[str]) -> AegisSet:
     return out
 
 
-def cfpb_training_split(complaints: Sequence[Any]) -> list[Any]:
-    """CFPB rows the product head trains on: ``split_of == "train"``, mapped, deduplicated by text,
-    hand-labelled evaluation rows excluded (as ``trainset.product_messages`` chooses them)."""
+def cfpb_split(complaints: Sequence[Any], split: str, *, drop_gold_rows: bool) -> list[Any]:
+    """CFPB rows of one ``split_of`` split with a mapped product, deduplicated by text, in file order.
+
+    ``drop_gold_rows`` leaves out the hand-labelled evaluation rows, as training does.
+    """
     from pipeline.trainset import gold_row_ids, split_of
 
-    excluded = gold_row_ids("cfpb_complaints")
+    excluded = gold_row_ids("cfpb_complaints") if drop_gold_rows else set()
     seen: set[str] = set()
     chosen = []
     for c in complaints:
         key = text_key(c.text)
-        if c.product is None or c.complaint_id in excluded or key in seen or split_of(c.text) != "train":
+        if c.product is None or c.complaint_id in excluded or key in seen or split_of(c.text) != split:
             continue
         seen.add(key)
         chosen.append(c)
     return chosen
+
+
+def cfpb_training_split(complaints: Sequence[Any]) -> list[Any]:
+    """CFPB rows the product head trains on (as ``trainset.product_messages`` chooses them)."""
+    return cfpb_split(complaints, "train", drop_gold_rows=True)
 
 
 def cfpb_product(
@@ -625,16 +632,7 @@ def cfpb_product_held_out(pipeline: Pipeline, complaints: Sequence[Any], seed: i
     expected to run high. Both are reported; neither is tuned on. Baseline: the same TF-IDF +
     LinearSVC as measure 2, trained on the same training split.
     """
-    from pipeline.trainset import split_of
-
-    seen: set[str] = set()
-    held_out = []
-    for c in complaints:
-        key = text_key(c.text)
-        if c.product is None or key in seen or split_of(c.text) != "test":
-            continue
-        seen.add(key)
-        held_out.append(c)
+    held_out = cfpb_split(complaints, "test", drop_gold_rows=False)
     spec = pipeline.encoder.head_specs.get("product")
     if spec is None:
         return {"rows": len(held_out), "hearken": None, "hearken_reason": "this model has no product head"}
@@ -1003,20 +1001,17 @@ def rerun_measures(args: argparse.Namespace, out: Path, sizes: BenchSizes, start
     if not out.is_file():
         raise SystemExit(f"{out} does not exist: run the full benchmark first (without --only)")
     report = json.loads(out.read_text())
-    if "speed" in args.only:
+    if {"speed", "cfpb_held_out"} & set(args.only):
         from pipeline import corpora
         from pipeline.triage import Pipeline
 
         with precision_override(None):
             pipeline = Pipeline.from_folder(args.model)
-        report["speed"] = speed(pipeline, corpora.read_cfpb(), sizes)
-    if "cfpb_held_out" in args.only:
-        from pipeline import corpora
-        from pipeline.triage import Pipeline
-
-        with precision_override(None):
-            pipeline = Pipeline.from_folder(args.model)
-        report["cfpb_product_held_out"] = cfpb_product_held_out(pipeline, corpora.read_cfpb(), args.seed)
+        complaints = corpora.read_cfpb()
+        if "speed" in args.only:
+            report["speed"] = speed(pipeline, complaints, sizes)
+        if "cfpb_held_out" in args.only:
+            report["cfpb_product_held_out"] = cfpb_product_held_out(pipeline, complaints, args.seed)
     if "cold_start" in args.only:
         report["cold_start"] = cold_start(args.model, sizes.cold_runs)
     if "memory" in args.only:
