@@ -34,7 +34,7 @@ from spacy.tokens import Doc
 from pipeline.english import english_on, shared_english
 
 RULES_COMPONENT = "hearken_sentence_rules_v1"
-CASE_COMPONENT = "hearken_case_breaks_v1"
+CASE_COMPONENT = "hearken_case_breaks_v2"
 CHAT_COMPONENT = "hearken_chat_cues_v1"
 
 
@@ -400,12 +400,18 @@ _ALPHA = re.compile(r"[^\W\d_]")
 
 
 #: Capitalised words that open a sentence and almost never stand capitalised inside one. "I" is not
-#: here: "the card I ordered" puts it after a lowercase word mid-sentence all the time.
+#: here: "the card I ordered" puts it after a lowercase word mid-sentence all the time. Nor is
+#: "first": "First Source" and "First Credit Services" are company names. The time and
+#: connective openers ("In", "On", "So", "Before" ...) were checked on 3,000 CFPB narratives:
+#: they add 34 cuts, 28 at a real sentence start ("... unsure to where Later we saw that ...");
+#: the rest are typos ("had a In branch rep"), names ("my On Line Account") and title case.
 _SENTENCE_OPENERS = frozenset(
     _words(
         "my the this that these those we our it its they their he she his her you your please thank thanks "
         "can could would will why what how when where is are do does did also after since then however "
-        "now today yesterday recently hello hi dear"
+        "now today yesterday recently hello hi dear "
+        "in on at as if so for there here before upon during last once while again later finally "
+        "meanwhile instead although though because unfortunately"
     )
 )
 #: Words after which a capital is the writer's slip, not a new sentence ("and They never answered").

@@ -209,6 +209,12 @@ def test_an_unpunctuated_sentence_ends_where_a_capitalised_opener_follows(segmen
             "tell me the least i can pay",
             "I have been trying since May.",
         ],
+        # time and connective openers count too
+        "I can't remember what my password is In March I sold my truck.": [
+            "I can't remember what my password is",
+            "In March I sold my truck.",
+        ],
+        "the atm kept my cash So I called the bank.": ["the atm kept my cash", "So I called the bank."],
     }
     for text, expected in cases.items():
         assert texts_of(segmenter.segment(text)) == expected
@@ -221,6 +227,8 @@ def test_capitals_inside_a_sentence_do_not_cut_it(segmenter: Segmenter) -> None:
         "I wrote to them in March and They never answered my letter.",  # a slip after "and"
         "I called the bank and the agent said The charge was valid.",  # reported speech
         "Check it The end",  # fewer than three tokens before the opener
+        "I sent three letters to First Source about the debt.",  # "First" opens company names
+        "I wrote to them about it in March and In May they replied.",  # a slip after "and"
     ]
     for text in kept_whole:
         assert texts_of(segmenter.segment(text)) == [text], text
