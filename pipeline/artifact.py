@@ -283,8 +283,8 @@ def _warn_on_version_drift(manifest: Manifest) -> None:
             )
 
 
-def attach_files(folder: Path | str, files: Mapping[str, str]) -> Manifest:
-    """Add or replace small text files (routing policy, lexicons, calibration) in a model folder.
+def attach_files(folder: Path | str, files: Mapping[str, str | bytes]) -> Manifest:
+    """Add or replace small files (routing policy, lexicons, calibration, the out-of-scope detector).
 
     The weights and the model version stay as they are: a routing policy is data that operations
     teams change without retraining. The folder is verified first (never attach to a broken
@@ -300,7 +300,10 @@ def attach_files(folder: Path | str, files: Mapping[str, str]) -> Manifest:
         if name in protected or "/" in name or name.startswith("."):
             raise ValueError(f"cannot attach {name!r}: it is a core model file or not a plain file name")
         staging = folder / f".{name}.tmp"
-        staging.write_text(text)
+        if isinstance(text, bytes):
+            staging.write_bytes(text)
+        else:
+            staging.write_text(text)
         staging.replace(folder / name)
         manifest.files[name] = sha256_file(folder / name)
     staging = folder / f".{MANIFEST}.tmp"

@@ -17,6 +17,7 @@ Results go to stdout, logs and progress to stderr. Exit codes are stable and doc
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -144,6 +145,27 @@ def calibrate(
     except HearkenError as error:
         raise _fail(error) from error
     typer.echo(calibration.model_dump_json(indent=2))
+
+
+@app.command("fit-out-of-scope")
+def fit_out_of_scope_command(
+    model: Annotated[Path, typer.Argument(help="Model folder with an intent head (changed in place).")],
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Shared data sets folder.")] = None,
+    shrinkage: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Covariance shrinkage towards a scaled identity.")
+    ] = 0.1,
+) -> None:
+    """Fit the out-of-scope detector (``intent.out_of_scope``) on the model's intent training file.
+
+    Prints what was fitted as JSON. `hearken train` runs it for every model with an intent head.
+    """
+    from pipeline.ood_fitting import fit_out_of_scope
+
+    try:
+        summary = fit_out_of_scope(model, data_dir=data_dir, shrinkage=shrinkage)
+    except HearkenError as error:
+        raise _fail(error) from error
+    typer.echo(json.dumps(summary, indent=2))
 
 
 def _register_commands() -> None:

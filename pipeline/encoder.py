@@ -31,6 +31,7 @@ from torch import nn
 from pipeline.bert import BertEncoder, BertSettings
 from pipeline.config import EncoderConfig
 from pipeline.errors import ModelLoadError
+from pipeline.ood import OutOfScopeDetector
 from pipeline.runtime import (
     PrepackedBf16Linear,
     configure_threads,
@@ -304,6 +305,10 @@ class EncoderOutput:
     sentence_probs: dict[str, np.ndarray]  # head -> [n_sentences] (binary) or [n_sentences, n_labels]
     message_probs: dict[str, np.ndarray]  # head -> [n_labels]
     sentence_scored: np.ndarray  # [n_sentences] bool: False for sentences with no tokens
+    # [n_sentences] distance to the nearest intent as a held-out percentile (with a detector only)
+    sentence_out_of_scope: np.ndarray | None = None
+    # [n_sentences, hidden] the vectors the sentence heads read (only when asked for: fitting)
+    sentence_vectors: np.ndarray | None = None
 
 
 def load_tokenizer(path: Path) -> Tokenizer:
@@ -340,6 +345,8 @@ class TextEncoder:
         self.sep_id = self._special_id("[SEP]")
         self.pad_id = self._special_id("[PAD]")
         self.head_specs = dict(net.head_specs)
+        # Set by the pipeline when the model folder has one; scores every sentence piece.
+        self.out_of_scope: OutOfScopeDetector | None = None
 
     def store_weights_for_precision(self) -> None:
         """On the bf16 path, keep every Linear layer's weights in bf16 instead of casting per call.
@@ -395,9 +402,17 @@ class TextEncoder:
         return windows
 
     def encode(
-        self, texts: Sequence[str], sentences: Sequence[Sequence[tuple[int, int]]]
+        self,
+        texts: Sequence[str],
+        sentences: Sequence[Sequence[tuple[int, int]]],
+        *,
+        vectors: bool = False,
     ) -> list[EncoderOutput]:
-        """Score every sentence and message. Windows are sorted by length and batched."""
+        """Score every sentence and message. Windows are sorted by length and batched.
+
+        ``vectors`` also returns each sentence's pooled vector (what the sentence heads read), for
+        fitting the out-of-scope detector; routing never needs them.
+        """
         tokens = self.tokenise(texts)
         windows = self.plan(tokens, sentences)
         windows.sort(key=lambda w: w.token_end - w.token_start)
@@ -408,6 +423,9 @@ class TextEncoder:
             name: [[] for _ in range(n_msgs)] for name in sentence_heads
         }
         hidden_size = self.net.encoder.settings.hidden_size
+        # Per message: (sentence, distance) and (sentence, vector) per piece, when wanted.
+        piece_distances: list[list[tuple[int, float]]] = [[] for _ in range(n_msgs)]
+        piece_vectors: list[list[tuple[int, np.ndarray]]] = [[] for _ in range(n_msgs)]
         message_sum = torch.zeros(n_msgs, hidden_size)
         message_count = torch.zeros(n_msgs)
         size = self.config.batch_size
@@ -433,6 +451,14 @@ class TextEncoder:
                     values = logits.float().numpy()
                     for row, (message, piece) in enumerate(batch.pieces):
                         piece_logits[name][message].append((piece.sentence, values[row]))
+                if self.out_of_scope is not None or vectors:
+                    reps = piece_rep.float().numpy()
+                    distances = self.out_of_scope.distances(reps) if self.out_of_scope is not None else None
+                    for row, (message, piece) in enumerate(batch.pieces):
+                        if distances is not None:
+                            piece_distances[message].append((piece.sentence, float(distances[row])))
+                        if vectors:
+                            piece_vectors[message].append((piece.sentence, reps[row]))
                 if has_message_heads:
                     global_ids = torch.tensor(batch.message_ids, dtype=torch.long)
                     message_sum.index_add_(0, global_ids, batch_sum.float())
@@ -445,10 +471,18 @@ class TextEncoder:
                     for name, logits in self.net.head_logits("message", rep).items()
                 }
         present = (message_count > 0).numpy()
-        return [
+        outputs = [
             self._combine(i, len(sentences[i]), piece_logits, message_logits if present[i] else {})
             for i in range(n_msgs)
         ]
+        for i, output in enumerate(outputs):
+            n = len(sentences[i])
+            if self.out_of_scope is not None:
+                distance = _mean_per_sentence(n, piece_distances[i], np.zeros(()))
+                output.sentence_out_of_scope = self.out_of_scope.scores(distance)
+            if vectors:
+                output.sentence_vectors = _mean_per_sentence(n, piece_vectors[i], np.zeros(hidden_size))
+        return outputs
 
     def _combine(
         self,
@@ -483,6 +517,18 @@ class TextEncoder:
             for name, logits in message_logits.items()
         }
         return EncoderOutput(sentence_probs, message_probs, scored)
+
+
+def _mean_per_sentence(
+    n_sentences: int, pieces: Sequence[tuple[int, np.ndarray | float]], shape_of: np.ndarray
+) -> np.ndarray:
+    """Average per-piece values into per-sentence ones (a long sentence is read in pieces)."""
+    sums = np.zeros((n_sentences, *shape_of.shape), dtype=np.float64)
+    counts = np.zeros(n_sentences)
+    for sentence, value in pieces:
+        sums[sentence] += value
+        counts[sentence] += 1
+    return sums / np.maximum(counts, 1).reshape(-1, *([1] * shape_of.ndim))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

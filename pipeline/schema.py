@@ -77,6 +77,16 @@ class IntentResult(BaseModel):
     label: str | None = None
     confidence: float | None = Field(default=None, ge=0.0, le=1.0)
     reason: str | None = Field(default=None, description="Why the label is null, when it is.")
+    out_of_scope: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "How unlike every known intent the asks are: the share of held-out in-scope utterances "
+            "that lie nearer to an intent (0.99: farther than 99% of them). Null when the model has "
+            "no out-of-scope detector."
+        ),
+    )
 
 
 class Signal(Span):

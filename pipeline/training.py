@@ -153,6 +153,11 @@ class TrainConfig(BaseModel):
         description="After training, fit the route calibration and review threshold on "
         "data/routing/dev.jsonl.",
     )
+    fit_out_of_scope: bool = Field(
+        default=True,
+        description="After training, fit the intent out-of-scope detector on the intent training file "
+        "(models with an intent head only).",
+    )
     threshold_from_goldset: bool = Field(
         default=True,
         description="Pick the ask threshold on data/asks/dev.jsonl (whole messages), else on dev sentences.",
@@ -726,6 +731,11 @@ def train(config: TrainConfig) -> Path:
         card=card,
         extra_files={TRAIN_CONFIG_FILE: config.model_dump_json(indent=2) + "\n"},
     )
+    if config.fit_out_of_scope and config.data.intent:
+        from pipeline.ood_fitting import fit_out_of_scope
+
+        summary = fit_out_of_scope(config.output, data_dir=config.data_dir, limit=config.data.intent_limit)
+        log.info("out-of-scope detector fitted on %d utterances", summary["fitted_on"])
     if config.calibrate_route:
         from pipeline.routing_evaluation import calibrate_model
 

@@ -30,6 +30,7 @@ from pipeline.english import shared_english
 from pipeline.errors import HearkenError, InputError
 from pipeline.language import LanguageDetector, start_loading_identifier
 from pipeline.normalise import NormalisedMessage, Normaliser, check_text
+from pipeline.ood import OUT_OF_SCOPE_FILE, OutOfScopeDetector
 from pipeline.policy import (
     POLICY_FILE,
     AskEvidence,
@@ -218,6 +219,10 @@ class Pipeline:
             calibration=calibration,
         )
         pipeline.loaded = model
+        if OUT_OF_SCOPE_FILE in model.extra_files and "intent" in model.net.head_specs:
+            pipeline.encoder.out_of_scope = OutOfScopeDetector.load(
+                model.folder / OUT_OF_SCOPE_FILE, model.net.encoder.settings.hidden_size
+            )
         return pipeline
 
     @property
@@ -253,6 +258,7 @@ class Pipeline:
             calibration=self.calibration,
         )
         other.loaded = self.loaded
+        other.encoder.out_of_scope = self.encoder.out_of_scope
         return other
 
     def score_sentences(self, sentences: Sequence[str]) -> list[float]:
@@ -461,7 +467,14 @@ class Pipeline:
         )
         mixed = (readings * weights[:, None]).sum(0) / weights.sum()
         best = int(np.argmax(mixed))
-        return IntentResult(label=labels[best], confidence=round(float(mixed[best]), 4))
+        out_of_scope = reading.encoded.sentence_out_of_scope
+        return IntentResult(
+            label=labels[best],
+            confidence=round(float(mixed[best]), 4),
+            out_of_scope=None
+            if out_of_scope is None
+            else round(float((out_of_scope[sentences] * weights).sum() / weights.sum()), 4),
+        )
 
 
 def load_pipeline(folder: Path | str | None = None) -> Pipeline:

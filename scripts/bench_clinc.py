@@ -13,9 +13,15 @@ temperature-scaled on ``val``). This script is the only place that reads ``test`
    ``pipeline.ood.out_of_scope_score`` = 1 − the calibrated intent confidence (maximum softmax
    probability). The v1 result rounds confidences to 4 decimals; ties are counted one half,
    and the number of results at confidence 1.0 is reported so that their effect can be judged.
+   When the model folder has an out-of-scope detector (``hearken fit-out-of-scope``), the AUROC
+   of its ``intent.out_of_scope`` (Mahalanobis distance to the nearest intent, as a held-out
+   percentile) is reported beside it, on the same rows.
 3. Baseline, same run and same test rows: TF-IDF word 1-2-grams + char_wb 2-5-grams with
    multinomial logistic regression (C=10) fitted on the in-scope ``train`` split; accuracy and
    AUROC of 1 − its largest class probability.
+
+``--split val`` scores ``val`` and ``oos_val`` instead: development checks (the detector's
+shrinkage was chosen there), never the reported number.
 
 Utterances that the segmenter splits into several sentences are counted, with their accuracy:
 training reads each utterance as one sentence, while inference reads the intent from its asks.
@@ -41,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 from pipeline import corpora  # noqa: E402
 from pipeline.errors import ConfigError, HearkenError  # noqa: E402
 from pipeline.evaluation import route_in_batches  # noqa: E402
-from pipeline.ood import auroc, max_softmax_scores, out_of_scope_score  # noqa: E402
+from pipeline.ood import auroc, distance_score, max_softmax_scores, out_of_scope_score  # noqa: E402
 from pipeline.schema import Message, TriageResult  # noqa: E402
 from pipeline.trainset import CLINC150_OOS, clinc150_labels  # noqa: E402
 from pipeline.triage import Pipeline  # noqa: E402
@@ -94,9 +100,15 @@ def hearken(
     split = np.array(
         [len(pipeline.segmenter.segment(pipeline.normaliser.normalise(e.text).body.text)) > 1 for e in test]
     )
+    results = [r for r in test_results + oos_results if isinstance(r, TriageResult)]
+    has_detector = any(r.intent.out_of_scope is not None for r in results)
+    distances = np.array(
+        [distance_score(r) if isinstance(r, TriageResult) else 1.0 for r in test_results + oos_results]
+    )
     return {
         "in_scope_accuracy": float(correct.mean()),
         "oos_auroc": auroc(scores, labels),
+        "oos_auroc_distance": auroc(distances, labels) if has_detector else None,
         "in_scope_null_intent": sum(p is None for p in predicted),
         "errors": sum(isinstance(r, HearkenError) for r in test_results + oos_results),
         "confidence_1.0": {
@@ -156,6 +168,9 @@ def main() -> None:
     )
     parser.add_argument("--no-baseline", action="store_true", help="smoke runs only: skip the baseline")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--split", choices=["test", "val"], default="test", help="val: development checks only"
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     pipeline = Pipeline.from_folder(args.model)
@@ -165,8 +180,8 @@ def main() -> None:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
     train = [e for e in corpora.read_clinc150("train") if e.label != CLINC150_OOS]
-    test = sample(corpora.read_clinc150("test"), args.limit, args.seed)
-    oos = sample(corpora.read_clinc150("oos_test"), args.limit, args.seed)
+    test = sample(corpora.read_clinc150(args.split), args.limit, args.seed)
+    oos = sample(corpora.read_clinc150(f"oos_{args.split}"), args.limit, args.seed)
     started = time.time()
     report: dict[str, object] = {
         "command": "python " + " ".join(sys.argv),
@@ -176,7 +191,12 @@ def main() -> None:
             "threads": torch.get_num_threads(),
             "precision": pipeline.precision,
         },
-        "data": {"in_scope_test": len(test), "oos_test": len(oos), "train_for_baseline": len(train)},
+        "data": {
+            "split": args.split,
+            "in_scope_test": len(test),
+            "oos_test": len(oos),
+            "train_for_baseline": len(train),
+        },
         "goals": {"in_scope_accuracy": 0.965, "oos_auroc": 0.97},
         "hearken": hearken(pipeline, test, oos),
         "baseline": None if args.no_baseline else baseline(train, test, oos),

@@ -90,6 +90,11 @@ def test_trained_folder_has_every_part_and_verifies(trained: Path):
     assert "cfpb_dev_product_balanced_accuracy" in metrics["dev"], "the weighted head is selected balanced"
     card = (trained / "README.md").read_text()
     assert "product loss weighs each class by 1/sqrt" in card and "read 2 times per epoch" in card
+    # The intent head gets its out-of-scope detector, fitted on the same (limited) intent data.
+    assert "out_of_scope.safetensors" in model.manifest.files
+    summary = json.loads((trained / "out_of_scope.json").read_text())
+    assert summary["intent_dataset"] == "banking77" and summary["fitted_on"] == 150
+    assert summary["held_out"] > 0 and summary["intents"] == 77
 
 
 def test_model_card_names_the_config_it_was_trained_with(trained: Path):
@@ -113,6 +118,7 @@ def test_trained_model_routes_and_passes_the_contract(trained: Path):
     result = pipeline.route("I was charged twice for one coffee. Can you refund one of the charges?")
     assert result.product.label in load_model(trained).heads[2].labels
     assert result.intent.label is None or result.intent.label in load_model(trained).heads[1].labels
+    assert result.intent.out_of_scope is not None and 0.0 <= result.intent.out_of_scope <= 1.0
 
 
 def test_unknown_config_key_names_the_key(tmp_path: Path):
