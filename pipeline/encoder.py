@@ -451,14 +451,14 @@ class TextEncoder:
                     values = logits.float().numpy()
                     for row, (message, piece) in enumerate(batch.pieces):
                         piece_logits[name][message].append((piece.sentence, values[row]))
-                if self.out_of_scope is not None or vectors:
-                    reps = piece_rep.float().numpy()
-                    distances = self.out_of_scope.distances(reps) if self.out_of_scope is not None else None
+                if self.out_of_scope is not None:
+                    distances = self.out_of_scope.distances(piece_rep)
                     for row, (message, piece) in enumerate(batch.pieces):
-                        if distances is not None:
-                            piece_distances[message].append((piece.sentence, float(distances[row])))
-                        if vectors:
-                            piece_vectors[message].append((piece.sentence, reps[row]))
+                        piece_distances[message].append((piece.sentence, float(distances[row])))
+                if vectors:
+                    reps = piece_rep.float().numpy()
+                    for row, (message, piece) in enumerate(batch.pieces):
+                        piece_vectors[message].append((piece.sentence, reps[row]))
                 if has_message_heads:
                     global_ids = torch.tensor(batch.message_ids, dtype=torch.long)
                     message_sum.index_add_(0, global_ids, batch_sum.float())

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
@@ -74,11 +75,13 @@ class OutOfScopeDetector:
             if not np.isfinite(getattr(self, name)).all():
                 raise ValueError(f"{name} holds NaN or infinite values")
         # Whitened centres, once: routing then costs one [pieces, dim] x [dim, dim] product a batch.
-        whitening = self.whitening.astype(np.float32)
-        centres = self.means.astype(np.float32) @ whitening
-        object.__setattr__(self, "_whitening32", whitening)
-        object.__setattr__(self, "_centres", centres)
-        object.__setattr__(self, "_centre_norms", (centres.astype(np.float64) ** 2).sum(1))
+        # In torch, not numpy: numpy's BLAS keeps its own spinning threads, which fight torch's for
+        # the same two cores (measured: routing at half speed with the product done in numpy).
+        whitening = torch.from_numpy(np.ascontiguousarray(self.whitening, dtype=np.float32))
+        centres = torch.from_numpy(np.ascontiguousarray(self.means, dtype=np.float32)) @ whitening
+        object.__setattr__(self, "_whitening_t", whitening)
+        object.__setattr__(self, "_centres_t", centres)
+        object.__setattr__(self, "_centre_norms_t", centres.double().pow(2).sum(1))
 
     @property
     def dim(self) -> int:
@@ -123,15 +126,20 @@ class OutOfScopeDetector:
         quantiles = np.quantile(distances, np.linspace(0.0, 1.0, N_QUANTILES))
         return cls(means.astype(np.float32), whitening.astype(np.float32), quantiles.astype(np.float64))
 
-    def distances(self, vectors: np.ndarray) -> np.ndarray:
+    def distances(self, vectors: np.ndarray | torch.Tensor) -> np.ndarray:
         """Squared Mahalanobis distance of each row of ``vectors`` [n, dim] to its nearest intent."""
-        projected = np.asarray(vectors, dtype=np.float32).reshape(-1, self.dim) @ self._whitening32
-        squared = (
-            (projected.astype(np.float64) ** 2).sum(1)[:, None]
-            - 2.0 * (projected @ self._centres.T).astype(np.float64)
-            + self._centre_norms[None, :]
-        )
-        return np.maximum(squared.min(axis=1), 0.0)
+        if isinstance(vectors, torch.Tensor):
+            x = vectors.detach().float().reshape(-1, self.dim)
+        else:
+            x = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim))
+        with torch.inference_mode():
+            projected = x @ self._whitening_t
+            squared = (
+                projected.double().pow(2).sum(1)[:, None]
+                - 2.0 * (projected @ self._centres_t.T).double()
+                + self._centre_norms_t[None, :]
+            )
+            return squared.min(dim=1).values.clamp(min=0.0).numpy()
 
     def scores(self, distances: np.ndarray) -> np.ndarray:
         """Share of held-out in-scope utterances nearer to an intent than each distance, in [0, 1]."""
