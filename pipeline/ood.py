@@ -46,7 +46,7 @@ DEFAULT_SHRINKAGE = 0.1
 N_QUANTILES = 201
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays: identity, not element-wise, equality
 class OutOfScopeDetector:
     """Distance from a sentence vector to the nearest known intent, as a held-out percentile.
 
