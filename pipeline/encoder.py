@@ -407,11 +407,13 @@ class TextEncoder:
         sentences: Sequence[Sequence[tuple[int, int]]],
         *,
         vectors: bool = False,
+        out_of_scope: bool = True,
     ) -> list[EncoderOutput]:
         """Score every sentence and message. Windows are sorted by length and batched.
 
         ``vectors`` also returns each sentence's pooled vector (what the sentence heads read), for
-        fitting the out-of-scope detector; routing never needs them.
+        fitting the out-of-scope detector; routing never needs them. ``out_of_scope=False`` skips
+        the detector's distances, for readings whose intent is all that is used.
         """
         tokens = self.tokenise(texts)
         windows = self.plan(tokens, sentences)
@@ -423,6 +425,8 @@ class TextEncoder:
             name: [[] for _ in range(n_msgs)] for name in sentence_heads
         }
         hidden_size = self.net.encoder.settings.hidden_size
+        detector = self.out_of_scope
+        score_out_of_scope = out_of_scope and detector is not None
         # Per message: (sentence, distance) and (sentence, vector) per piece, when wanted.
         piece_distances: list[list[tuple[int, float]]] = [[] for _ in range(n_msgs)]
         piece_vectors: list[list[tuple[int, np.ndarray]]] = [[] for _ in range(n_msgs)]
@@ -451,8 +455,9 @@ class TextEncoder:
                     values = logits.float().numpy()
                     for row, (message, piece) in enumerate(batch.pieces):
                         piece_logits[name][message].append((piece.sentence, values[row]))
-                if self.out_of_scope is not None:
-                    distances = self.out_of_scope.distances(piece_rep)
+                if score_out_of_scope:
+                    assert detector is not None
+                    distances = detector.distances(piece_rep)
                     for row, (message, piece) in enumerate(batch.pieces):
                         piece_distances[message].append((piece.sentence, float(distances[row])))
                 if vectors:
@@ -477,11 +482,11 @@ class TextEncoder:
         ]
         for i, output in enumerate(outputs):
             n = len(sentences[i])
-            if self.out_of_scope is not None:
-                distance = _mean_per_sentence(n, piece_distances[i], np.zeros(()))
-                output.sentence_out_of_scope = self.out_of_scope.scores(distance)
+            if score_out_of_scope:
+                distance = _mean_per_sentence(n, piece_distances[i])
+                output.sentence_out_of_scope = detector.scores(distance)
             if vectors:
-                output.sentence_vectors = _mean_per_sentence(n, piece_vectors[i], np.zeros(hidden_size))
+                output.sentence_vectors = _mean_per_sentence(n, piece_vectors[i], (hidden_size,))
         return outputs
 
     def _combine(
@@ -504,13 +509,10 @@ class TextEncoder:
                 probs = np.zeros(n, dtype=np.float64)
                 probs[scored] = 1.0 / (1.0 + np.exp(-best[scored] / spec.temperature))
             else:
-                sums = np.zeros((n, spec.n_outputs), dtype=np.float64)
-                counts = np.zeros(n)
-                for sentence, logit in per_message[index]:
-                    sums[sentence] += logit
-                    counts[sentence] += 1
+                for sentence, _ in per_message[index]:
                     scored[sentence] = True
-                probs = softmax(sums / np.maximum(counts, 1)[:, None] / spec.temperature)
+                mean_logits = _mean_per_sentence(n, per_message[index], (spec.n_outputs,))
+                probs = softmax(mean_logits / spec.temperature)
             sentence_probs[name] = probs
         message_probs = {
             name: softmax(logits[index][None, :] / self.head_specs[name].temperature)[0]
@@ -520,15 +522,16 @@ class TextEncoder:
 
 
 def _mean_per_sentence(
-    n_sentences: int, pieces: Sequence[tuple[int, np.ndarray | float]], shape_of: np.ndarray
+    n_sentences: int, pieces: Sequence[tuple[int, np.ndarray | float]], shape: tuple[int, ...] = ()
 ) -> np.ndarray:
-    """Average per-piece values into per-sentence ones (a long sentence is read in pieces)."""
-    sums = np.zeros((n_sentences, *shape_of.shape), dtype=np.float64)
+    """Average per-piece values of ``shape`` into per-sentence ones (a long sentence is read in
+    pieces); a sentence without pieces gets zeros."""
+    sums = np.zeros((n_sentences, *shape), dtype=np.float64)
     counts = np.zeros(n_sentences)
     for sentence, value in pieces:
         sums[sentence] += value
         counts[sentence] += 1
-    return sums / np.maximum(counts, 1).reshape(-1, *([1] * shape_of.ndim))
+    return sums / np.maximum(counts, 1).reshape(-1, *([1] * len(shape)))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.artifact import attach_files, load_model
+from pipeline.artifact import attach_files
 from pipeline.errors import ModelLoadError
 from pipeline.ood import DEFAULT_SHRINKAGE, OUT_OF_SCOPE_FILE, OutOfScopeDetector
 from pipeline.training import TRAIN_CONFIG_FILE
@@ -35,8 +35,9 @@ def sentence_vectors(pipeline: Pipeline, texts: list[str]) -> np.ndarray:
     rows = []
     for offset in range(0, len(texts), _BATCH):
         chunk = texts[offset : offset + _BATCH]
-        outputs = pipeline.encoder.encode(chunk, [[(0, len(t))] for t in chunk], vectors=True)
-        rows.extend(o.sentence_vectors[0] for o in outputs if o.sentence_vectors is not None)
+        for output in pipeline.encoder.encode(chunk, [[(0, len(t))] for t in chunk], vectors=True):
+            assert output.sentence_vectors is not None  # asked for: one row per text, never skipped
+            rows.append(output.sentence_vectors[0])
     return np.stack(rows)
 
 
@@ -55,7 +56,9 @@ def fit_out_of_scope(
     ``data.intent_limit`` does in training. Returns the summary also saved beside it.
     """
     folder = Path(folder)
-    model = load_model(folder)
+    pipeline = Pipeline.from_folder(folder)  # verifies the folder once; its vectors are the served ones
+    model = pipeline.loaded
+    assert model is not None
     if "intent" not in model.net.head_specs:
         raise ModelLoadError(
             f"Model folder {folder} has no intent head, so nothing to be out of scope of.",
@@ -76,7 +79,6 @@ def fit_out_of_scope(
     known = set(labels)
     train = [e for e in intents.train if e.label in known][:limit]
     held_out = [e for e in intents.dev if e.label in known]
-    pipeline = Pipeline.from_folder(folder)
     log.info("reading %d training and %d held-out utterances of %s", len(train), len(held_out), dataset)
     detector = OutOfScopeDetector.fit(
         sentence_vectors(pipeline, [e.text for e in train]),

@@ -353,7 +353,9 @@ class Pipeline:
                 wanted.append((reading, index, body[sentence.start : sentence.end]))
         if not wanted:
             return
-        alone = self.encoder.encode([t for _, _, t in wanted], [[(0, len(t))] for _, _, t in wanted])
+        alone = self.encoder.encode(
+            [t for _, _, t in wanted], [[(0, len(t))] for _, _, t in wanted], out_of_scope=False
+        )
         for (reading, index, _), output in zip(wanted, alone, strict=True):
             probs = output.sentence_probs["intent"]
             if len(probs) and output.sentence_scored[0]:

@@ -107,6 +107,10 @@ def test_encoder_scores_each_sentence_from_the_vectors_it_returns(detector: OutO
     assert scored.sentence_vectors is None
     expected = fitted.scores(fitted.distances(plain.sentence_vectors))
     np.testing.assert_allclose(scored.sentence_out_of_scope, expected, rtol=1e-5)
+    # Readings whose intent is all that is used (the asks read alone) skip the distances.
+    skipped = encoder.encode([text], [spans], out_of_scope=False)[0]
+    assert skipped.sentence_out_of_scope is None
+    np.testing.assert_array_equal(skipped.sentence_probs["intent"], scored.sentence_probs["intent"])
 
 
 def test_pipeline_reports_the_detector_and_a_broken_file_fails_loading(tmp_path: Path):
