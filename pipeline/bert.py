@@ -14,7 +14,7 @@ cross-attention); anything else is refused when the config is read, not mis-comp
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -240,10 +240,16 @@ class BertLayers(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(settings) for _ in range(settings.num_hidden_layers))
 
-    def forward(self, hidden: torch.Tensor, attention_bias: torch.Tensor) -> torch.Tensor:
-        for layer in self.layer:
+    def forward(
+        self, hidden: torch.Tensor, attention_bias: torch.Tensor, taps: Sequence[int] = ()
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The last layer's output, and the outputs of the layers numbered in ``taps`` (1-based)."""
+        tapped: list[torch.Tensor] = []
+        for number, layer in enumerate(self.layer, start=1):
             hidden = layer(hidden, attention_bias)
-        return hidden
+            if number in taps:
+                tapped.append(hidden)
+        return hidden, tapped
 
 
 class BertEncoder(nn.Module):
@@ -277,12 +283,25 @@ class BertEncoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Hidden states [windows, tokens, hidden]; padded positions are never attended to."""
+        return self.hidden_states(input_ids, attention_mask)[0]
+
+    def hidden_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, taps: Sequence[int] = ()
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The last hidden states and those of the layers in ``taps`` (1-based), in one pass.
+
+        Middle layers keep more of what the words say than the last one, which fine-tuning bends
+        towards the heads' labels; the signal head reads them (``pipeline.signal_head``).
+        """
+        for number in taps:
+            if not 1 <= number <= self.settings.num_hidden_layers:
+                raise ValueError(f"layer {number} does not exist (1..{self.settings.num_hidden_layers})")
         hidden = self.embeddings(input_ids)
         # An additive bias in the hidden dtype: 0 where a key may be attended, the dtype's
         # minimum where it is padding (the same convention as transformers).
         bias = torch.zeros(attention_mask.shape, dtype=hidden.dtype, device=hidden.device)
         bias = bias.masked_fill(attention_mask == 0, torch.finfo(hidden.dtype).min)
-        return self.encoder(hidden, bias[:, None, None, :])
+        return self.encoder(hidden, bias[:, None, None, :], taps)
 
     def load_checkpoint(self, state: Mapping[str, torch.Tensor]) -> None:
         """Load a published BERT checkpoint (transformers names), refusing any mismatch."""

@@ -168,6 +168,37 @@ def fit_out_of_scope_command(
     typer.echo(json.dumps(summary, indent=2))
 
 
+@app.command("fit-signals")
+def fit_signals_command(
+    model: Annotated[Path, typer.Argument(help="Model folder (changed in place).")],
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Shared data sets folder.")] = None,
+    training_dir: Annotated[
+        Path | None, typer.Option("--training-dir", help="Team-written signal messages (*.jsonl).")
+    ] = None,
+    regularisation: Annotated[
+        float,
+        typer.Option(min=1e-4, help="Logistic regression C (chosen by cross-validation: 16 over 1 and 4)."),
+    ] = 16.0,
+) -> None:
+    """Fit the learned signal head, which adds signals the rule lexicon has no phrase for.
+
+    Prints what was fitted, with its cross-validation table, as JSON. Run `hearken calibrate`
+    afterwards: route confidences depend on the signals found.
+    """
+    from pipeline.signal_head_fitting import DEFAULT_TRAINING_DIR, fit_signal_head
+
+    try:
+        summary = fit_signal_head(
+            model,
+            data_dir=data_dir,
+            training_dir=training_dir or DEFAULT_TRAINING_DIR,
+            regularisation=regularisation,
+        )
+    except HearkenError as error:
+        raise _fail(error) from error
+    typer.echo(json.dumps(summary, indent=2))
+
+
 def _register_commands() -> None:
     """Commands that live with their feature (each module imports its heavy parts lazily)."""
     from pipeline.backlog_cli import retriage

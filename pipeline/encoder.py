@@ -20,7 +20,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -39,6 +39,7 @@ from pipeline.runtime import (
     prepack_bf16_linears,
     resolve_precision,
 )
+from pipeline.signal_head import SignalHead
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,15 @@ class HeadSpec(BaseModel):
     @property
     def n_outputs(self) -> int:
         return 1 if self.kind == "binary" else len(self.labels)
+
+
+class Pooled(NamedTuple):
+    """What one forward pass pools: per piece, per message, and (when asked) per piece of middle layers."""
+
+    piece_rep: torch.Tensor  # [pieces, hidden] mean of the last layer over each piece's tokens
+    message_sum: torch.Tensor  # [messages, hidden] un-normalised sums over each message's tokens
+    message_count: torch.Tensor  # [messages] token counts
+    piece_taps: torch.Tensor | None  # [pieces, hidden x len(taps)] means of the tapped layers
 
 
 class HearkenNet(nn.Module):
@@ -95,29 +105,40 @@ class HearkenNet(nn.Module):
         piece_index: torch.Tensor,
         piece_message: torch.Tensor,
         n_messages: int,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        taps: Sequence[int] = (),
+    ) -> Pooled:
         """Encode windows; return piece representations and per-message token sums and counts.
 
         ``piece_index`` [windows, tokens] holds, per token, the batch-global index of the sentence
         piece it belongs to (-1 for special tokens, padding and context-only tokens), so every
         token of a message is pooled exactly once however the windows overlap. Message sums are
         returned un-normalised so that a long message spread over several batches can be summed.
+        ``taps`` also pools the outputs of those layers (1-based) per piece, side by side.
         """
-        hidden = self.encoder(input_ids, attention_mask)
+        hidden, tapped = self.encoder.hidden_states(input_ids, attention_mask, taps)
         hidden = hidden.float()
-        flat_hidden = hidden.reshape(-1, hidden.shape[-1])
         flat_index = piece_index.reshape(-1)
         keep = flat_index >= 0
+        kept_index = flat_index[keep]
         n_pieces = piece_message.shape[0]
-        piece_sum = torch.zeros(n_pieces, hidden.shape[-1], dtype=hidden.dtype, device=hidden.device)
-        piece_sum.index_add_(0, flat_index[keep], flat_hidden[keep])
-        piece_count = torch.bincount(flat_index[keep], minlength=n_pieces).to(hidden.dtype)
+
+        def sum_pieces(states: torch.Tensor) -> torch.Tensor:
+            flat = states.float().reshape(-1, states.shape[-1])
+            sums = torch.zeros(n_pieces, flat.shape[-1], dtype=torch.float32, device=flat.device)
+            return sums.index_add_(0, kept_index, flat[keep])
+
+        piece_sum = sum_pieces(hidden)
+        piece_count = torch.bincount(kept_index, minlength=n_pieces).to(hidden.dtype)
         piece_rep = piece_sum / piece_count.clamp(min=1.0)[:, None]
         message_sum = torch.zeros(n_messages, hidden.shape[-1], dtype=hidden.dtype, device=hidden.device)
         message_sum.index_add_(0, piece_message, piece_sum)
         message_count = torch.zeros(n_messages, dtype=hidden.dtype, device=hidden.device)
         message_count.index_add_(0, piece_message, piece_count)
-        return piece_rep, message_sum, message_count
+        piece_taps = None
+        if taps:
+            piece_taps = torch.cat([sum_pieces(states) for states in tapped], dim=1)
+            piece_taps /= piece_count.clamp(min=1.0)[:, None]
+        return Pooled(piece_rep, message_sum, message_count, piece_taps)
 
     def head_logits(
         self, level: Literal["sentence", "message"], rep: torch.Tensor
@@ -134,7 +155,7 @@ class HearkenNet(nn.Module):
         n_messages: int,
     ) -> dict[str, torch.Tensor]:
         """Logits of every head, for a batch that holds all windows of each of its messages."""
-        piece_rep, message_sum, message_count = self.pool(
+        piece_rep, message_sum, message_count, _ = self.pool(
             input_ids, attention_mask, piece_index, piece_message, n_messages
         )
         outputs = self.head_logits("sentence", piece_rep)
@@ -309,6 +330,10 @@ class EncoderOutput:
     sentence_out_of_scope: np.ndarray | None = None
     # [n_sentences, hidden] the vectors the sentence heads read (only when asked for: fitting)
     sentence_vectors: np.ndarray | None = None
+    # [n_sentences, signals] the signal head's probabilities (with a signal head only)
+    sentence_signal_probs: np.ndarray | None = None
+    # [n_sentences, hidden x layers] pooled middle-layer states (only when asked for: fitting)
+    sentence_signal_features: np.ndarray | None = None
 
 
 def load_tokenizer(path: Path) -> Tokenizer:
@@ -347,6 +372,8 @@ class TextEncoder:
         self.head_specs = dict(net.head_specs)
         # Set by the pipeline when the model folder has one; scores every sentence piece.
         self.out_of_scope: OutOfScopeDetector | None = None
+        # Set by the pipeline when the model folder has one; reads every sentence's middle layers.
+        self.signal_head: SignalHead | None = None
 
     def store_weights_for_precision(self) -> None:
         """On the bf16 path, keep every Linear layer's weights in bf16 instead of casting per call.
@@ -408,12 +435,16 @@ class TextEncoder:
         *,
         vectors: bool = False,
         out_of_scope: bool = True,
+        signals: bool = True,
+        signal_features: Sequence[int] = (),
     ) -> list[EncoderOutput]:
         """Score every sentence and message. Windows are sorted by length and batched.
 
         ``vectors`` also returns each sentence's pooled vector (what the sentence heads read), for
         fitting the out-of-scope detector; routing never needs them. ``out_of_scope=False`` skips
-        the detector's distances, for readings whose intent is all that is used.
+        the detector's distances and ``signals=False`` the signal head, for readings whose intent
+        is all that is used. ``signal_features`` returns the pooled states of those layers
+        (1-based) per sentence, for fitting a signal head.
         """
         tokens = self.tokenise(texts)
         windows = self.plan(tokens, sentences)
@@ -430,6 +461,10 @@ class TextEncoder:
         # Per message: (sentence, distance) and (sentence, vector) per piece, when wanted.
         piece_distances: list[list[tuple[int, float]]] = [[] for _ in range(n_msgs)]
         piece_vectors: list[list[tuple[int, np.ndarray]]] = [[] for _ in range(n_msgs)]
+        head = self.signal_head if signals else None
+        taps = tuple(signal_features) or (head.layers if head is not None else ())
+        tap_width = hidden_size * len(taps)
+        piece_taps: list[list[tuple[int, np.ndarray]]] = [[] for _ in range(n_msgs)]
         message_sum = torch.zeros(n_msgs, hidden_size)
         message_count = torch.zeros(n_msgs)
         size = self.config.batch_size
@@ -444,12 +479,13 @@ class TextEncoder:
                     self.config.pad_to_multiple_of,
                 )
                 t = batch.tensors
-                piece_rep, batch_sum, batch_count = self.net.pool(
+                piece_rep, batch_sum, batch_count, batch_taps = self.net.pool(
                     t["input_ids"],
                     t["attention_mask"],
                     t["piece_index"],
                     t["piece_message"],
                     batch.n_messages,
+                    taps,
                 )
                 for name, logits in self.net.head_logits("sentence", piece_rep).items():
                     values = logits.float().numpy()
@@ -460,6 +496,10 @@ class TextEncoder:
                     distances = detector.distances(piece_rep)
                     for row, (message, piece) in enumerate(batch.pieces):
                         piece_distances[message].append((piece.sentence, float(distances[row])))
+                if batch_taps is not None:
+                    tapped = batch_taps.numpy()
+                    for row, (message, piece) in enumerate(batch.pieces):
+                        piece_taps[message].append((piece.sentence, tapped[row]))
                 if vectors:
                     reps = piece_rep.float().numpy()
                     for row, (message, piece) in enumerate(batch.pieces):
@@ -487,6 +527,12 @@ class TextEncoder:
                 output.sentence_out_of_scope = detector.scores(distance)
             if vectors:
                 output.sentence_vectors = _mean_per_sentence(n, piece_vectors[i], (hidden_size,))
+            if taps:
+                features = _mean_per_sentence(n, piece_taps[i], (tap_width,))
+                if signal_features:
+                    output.sentence_signal_features = features
+                if head is not None and not signal_features:
+                    output.sentence_signal_probs = head.probabilities(features)
         return outputs
 
     def _combine(

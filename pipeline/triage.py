@@ -49,9 +49,11 @@ from pipeline.schema import (
     Message,
     ProductResult,
     Section,
+    Signal,
     TriageResult,
 )
 from pipeline.segment import Segmenter, Sentence
+from pipeline.signal_head import SIGNAL_HEAD_FILE, SignalHead, head_signals
 from pipeline.signals import SignalDetector, SignalLexicon, load_signal_lexicon
 
 log = logging.getLogger(__name__)
@@ -183,12 +185,15 @@ class Pipeline:
             self.calibrated = False
 
     @classmethod
-    def from_folder(cls, folder: Path | str | None = None, policy: Path | str | None = None) -> Pipeline:
+    def from_folder(
+        cls, folder: Path | str | None = None, policy: Path | str | None = None, *, signal_head: bool = True
+    ) -> Pipeline:
         """Load and verify a model folder (the committed default when ``folder`` is None).
 
         The routing policy is ``policy`` when given (a YAML file or its folder), else the one saved
         in the model folder, else the packaged default; its calibration is used only if it was
-        fitted for exactly that policy.
+        fitted for exactly that policy. ``signal_head=False`` leaves the learned signal head
+        unread (fitting a new one must not need the old one to load).
         """
         offline()
         start_loading_identifier()  # overlaps its decompression with loading the model
@@ -197,13 +202,18 @@ class Pipeline:
         calibration = None
         if CALIBRATION_FILE in model.extra_files:
             calibration = read_route_calibration(model.folder / CALIBRATION_FILE)
-        pipeline = cls.from_model(model, policy=bundle, calibration=calibration)
+        pipeline = cls.from_model(model, policy=bundle, calibration=calibration, signal_head=signal_head)
         pipeline.encoder.store_weights_for_precision()  # the folder's network is ours alone
         return pipeline
 
     @classmethod
     def from_model(
-        cls, model: LoadedModel, *, policy: PolicyBundle, calibration: RouteCalibration | None
+        cls,
+        model: LoadedModel,
+        *,
+        policy: PolicyBundle,
+        calibration: RouteCalibration | None,
+        signal_head: bool = True,
     ) -> Pipeline:
         """A pipeline on an already loaded model folder, with the policy and calibration given.
 
@@ -222,6 +232,11 @@ class Pipeline:
         if OUT_OF_SCOPE_FILE in model.extra_files and "intent" in model.net.head_specs:
             pipeline.encoder.out_of_scope = OutOfScopeDetector.load(
                 model.folder / OUT_OF_SCOPE_FILE, model.net.encoder.settings.hidden_size
+            )
+        if signal_head and SIGNAL_HEAD_FILE in model.extra_files:
+            settings = model.net.encoder.settings
+            pipeline.encoder.signal_head = SignalHead.load(
+                model.folder / SIGNAL_HEAD_FILE, settings.hidden_size, settings.num_hidden_layers
             )
         return pipeline
 
@@ -259,11 +274,14 @@ class Pipeline:
         )
         other.loaded = self.loaded
         other.encoder.out_of_scope = self.encoder.out_of_scope
+        other.encoder.signal_head = self.encoder.signal_head
         return other
 
     def score_sentences(self, sentences: Sequence[str]) -> list[float]:
         """Ask probability of each text read as a one-sentence message (sentence-level benchmarks)."""
-        outputs = self.encoder.encode(list(sentences), [[(0, len(s))] for s in sentences])
+        outputs = self.encoder.encode(
+            list(sentences), [[(0, len(s))] for s in sentences], out_of_scope=False, signals=False
+        )
         return [float(o.sentence_probs["ask"][0]) if len(o.sentence_probs["ask"]) else 0.0 for o in outputs]
 
     def route(self, message: Message | str) -> TriageResult:
@@ -354,7 +372,10 @@ class Pipeline:
         if not wanted:
             return
         alone = self.encoder.encode(
-            [t for _, _, t in wanted], [[(0, len(t))] for _, _, t in wanted], out_of_scope=False
+            [t for _, _, t in wanted],
+            [[(0, len(t))] for _, _, t in wanted],
+            out_of_scope=False,
+            signals=False,
         )
         for (reading, index, _), output in zip(wanted, alone, strict=True):
             probs = output.sentence_probs["intent"]
@@ -373,9 +394,7 @@ class Pipeline:
         language = self.language.detect(body.text)[0] if readable else None
         signals = [
             signal.model_copy(update={"escalating": self.router.is_escalating(signal)})
-            for signal in text.signal_detector.detect(
-                reading.normalised, reading.sentences, reading.history_sentences
-            )
+            for signal in self._signals(reading, text)
         ]
         mentions = text.mention_finder.find(body) if text.mention_finder is not None else []
         product = self._product(encoded, mentions)
@@ -405,6 +424,22 @@ class Pipeline:
             sections=sections,
             warnings=warnings,
         )
+
+    def _signals(self, reading: Reading, text: TextStages) -> list[Signal]:
+        """The rules' signals, plus those only the learned head found (see ``pipeline.signal_head``)."""
+        found = text.signal_detector.detect(reading.normalised, reading.sentences, reading.history_sentences)
+        head, encoded = self.encoder.signal_head, reading.encoded
+        if head is None or encoded is None or encoded.sentence_signal_probs is None:
+            return found
+        learned = head_signals(
+            head,
+            encoded.sentence_signal_probs,
+            reading.sentences,
+            reading.normalised.body,
+            already_found={signal.name for signal in found},
+            allowed={spec.name for spec in self.signal_lexicon.signals},
+        )
+        return sorted([*found, *learned], key=lambda signal: (signal.start, signal.end, signal.name))
 
     def _ask_evidence(self, encoded: EncoderOutput, found: list[tuple[int, Ask]]) -> list[AskEvidence]:
         """Each ask's text and score with the intent read from its own sentence in context."""
