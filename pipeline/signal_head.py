@@ -17,6 +17,13 @@ The head adds to the rules, it does not replace them: a signal the rules found k
 evidence; the head adds a signal only when the rules found none of that name in the message, with
 the most likely sentence as evidence. Its one threshold is chosen by cross-validation on the
 fitting data for the best micro-F1 of rules and head together (``pipeline.signal_head_fitting``).
+
+Measured (stop 17), and why the committed default model carries no head. Cross-validated on the
+fitting messages, rules and head together reach micro-F1 0.77 against 0.68 for the rules alone.
+On the routing test split, though, signal micro-F1 went 0.713 -> 0.701 (precision 0.75 -> 0.64,
+recall 0.68 -> 0.77), tier-3 recall 0.820 -> 0.852, tier accuracy 0.752 -> 0.709, and the share sent
+to review 12% -> 40%. About half of what the head adds beside the rules is wrong. So it is a tool
+for teams whose own tickets the rules do not fit (``hearken fit-signals MODEL``), not a default.
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ pipeline object (normalise, segment, one encoder pass), so what is fitted is wha
 
 Data (all written by the team, never a public test split):
 
-* ``data/signal_training/*.jsonl``: messages written blind to the rule lexicon and to the routing
-  test split, positives and hard negatives per signal (format in its README);
+* ``data/signal_training/*.jsonl``, its ``tune`` half (``written_half``): messages written blind
+  to the rule lexicon and to the routing test split, positives and hard negatives per signal
+  (format in its README); the ``check`` half is left for ``scripts/bench_signals.py``;
 * the routing set's development split ``dev2``. ``dev`` is left out because the route
   calibration is fitted on it (in-sample signals would make its confidences too sure), and
   ``dev3`` as a check.
@@ -50,6 +51,17 @@ _STYLES = {"email", "chat", "social", "webform", "narrative"}
 _BATCH = 64
 
 
+#: The two halves of the written messages, fixed by a hash of each row's id: ``tune`` is what rules
+#: are written from and heads are fitted on; ``check`` is read by neither and only scored
+#: (``scripts/bench_signals.py``), so it measures how rules and heads carry to unseen phrasings.
+WRITTEN_HALVES = ("tune", "check")
+
+
+def written_half(row_id: str) -> str:
+    """Which half of the written messages a row belongs to (stable: it depends on the id only)."""
+    return WRITTEN_HALVES[int(hashlib.sha256(row_id.encode("utf-8")).hexdigest(), 16) % 2]
+
+
 @dataclass(frozen=True)
 class SignalExample:
     """One labelled message: its text and the signals in it, with spans of their evidence."""
@@ -61,9 +73,10 @@ class SignalExample:
 
 
 def read_signal_training(
-    folder: Path | str, known: Sequence[str]
+    folder: Path | str, known: Sequence[str], half: str | None = None
 ) -> tuple[list[SignalExample], dict[str, str]]:
-    """Read every ``*.jsonl`` of ``folder``; return the examples and each file's sha256.
+    """Read every ``*.jsonl`` of ``folder``; return the examples (of one ``half``, or all) and each
+    file's sha256. Every row is checked, whichever half is asked for.
 
     Raises ``DataError`` naming the file and line for a malformed row, an unknown signal or
     evidence that does not occur exactly once in its text.
@@ -121,7 +134,8 @@ def read_signal_training(
                 spans.append((signal["name"], start, start + len(evidence)))
             if row["kind"] == "positive" and not spans:
                 raise DataError(f"{where}: a positive row names at least one signal", fix=fix)
-            examples.append(SignalExample(row_id, text, tuple(spans), frozenset(n for n, _, _ in spans)))
+            if half is None or written_half(row_id) == half:
+                examples.append(SignalExample(row_id, text, tuple(spans), frozenset(n for n, _, _ in spans)))
     return examples, hashes
 
 
@@ -279,7 +293,7 @@ def fit_signal_head(
     # the rules alone, as the new head will be added to them, and a broken old head must not stop a refit.
     pipeline = Pipeline.from_folder(folder, signal_head=False)
     labels = [spec.name for spec in pipeline.signal_lexicon.signals]
-    written, hashes = read_signal_training(training_dir, labels)
+    written, hashes = read_signal_training(training_dir, labels, half="tune")
     development = development_examples(dev_splits, data_dir) if dev_splits else []
     examples = written + development
     log.info("reading %d written and %d development messages", len(written), len(development))
@@ -302,6 +316,7 @@ def fit_signal_head(
         "states of encoder layers " + ", ".join(map(str, layers)),
         "added_to": "the rule lexicon: the head reports a signal only when the rules found none of that name",
         "training_files": hashes,
+        "written_half": "tune (the check half is held out for scripts/bench_signals.py)",
         "development_splits": list(dev_splits),
         "messages": {"written": len(written), "development": len(development)},
         "sentences": int(sum(len(r.features) for r in reads)),

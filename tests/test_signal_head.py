@@ -28,6 +28,7 @@ from pipeline.signal_head_fitting import (
     SIGNAL_HEAD_SUMMARY,
     fit_signal_head,
     read_signal_training,
+    written_half,
 )
 from pipeline.signals import DEFAULT_LEXICON_PATH, load_signal_lexicon
 from pipeline.triage import Pipeline
@@ -211,12 +212,18 @@ def test_the_team_written_training_data_is_valid_and_covers_every_signal():
     counts = {name: sum(name in e.names for e in examples) for name in NAMES}
     assert min(counts.values()) >= 80, counts
     assert sum(not e.names for e in examples) >= 300  # hard negatives with no signal at all
+    tune, _ = read_signal_training(DEFAULT_TRAINING_DIR, NAMES, half="tune")
+    check, _ = read_signal_training(DEFAULT_TRAINING_DIR, NAMES, half="check")
+    assert {e.id for e in tune}.isdisjoint(e.id for e in check) and len(tune) + len(check) == len(examples)
+    assert 0.4 < len(tune) / len(examples) < 0.6
+    for name in NAMES:  # both halves can measure every signal
+        assert sum(name in e.names for e in check) >= 30, name
 
 
 def fixture_training(folder: Path) -> Path:
     folder.mkdir()
     rows = []
-    for i in range(12):
+    for i in range(24):
         rows.append(
             row(
                 i,
@@ -241,8 +248,9 @@ def test_fitting_attaches_a_verified_head_that_the_pipeline_uses(tmp_path: Path)
     summary = fit_signal_head(
         folder, training_dir=fixture_training(tmp_path / "data"), dev_splits=(), layers=(1, 2)
     )
-    assert summary["messages"] == {"written": 36, "development": 0}
-    assert summary["positive_sentences"]["repeat_failure"] == 12
+    tune = [e for e in read_signal_training(tmp_path / "data", NAMES)[0] if written_half(e.id) == "tune"]
+    assert summary["messages"] == {"written": len(tune), "development": 0}  # the check half is held out
+    assert summary["positive_sentences"]["repeat_failure"] == sum("repeat_failure" in e.names for e in tune)
     assert 0.5 <= summary["threshold"] < 1.0
     table = summary["cross_validation"]["table"]
     assert {"rules", "head", "rules_and_head"} <= set(table[0])
@@ -271,3 +279,30 @@ def test_fit_signals_command_names_the_fix_for_missing_data(tmp_path: Path, tiny
     result = CliRunner().invoke(app, ["fit-signals", str(tiny_model_dir), "--training-dir", str(empty)])
     assert result.exit_code != 0
     assert "no *.jsonl files" in result.output and "data/signal_training" in result.output
+
+
+def test_signals_benchmark_scores_the_check_half_with_and_without_the_head(tmp_path: Path):
+    import subprocess
+    import sys
+
+    folder = build_tiny_model(tmp_path / "tiny")
+    fit_signal_head(folder, training_dir=fixture_training(tmp_path / "data"), dev_splits=(), layers=(1, 2))
+    out = tmp_path / "signals.json"
+    script = Path(__file__).resolve().parent.parent / "scripts" / "bench_signals.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--model", str(folder), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    check, _ = read_signal_training(DEFAULT_TRAINING_DIR, NAMES, half="check")
+    assert report["half"] == "check" and report["messages"] == len(check) and report["signal_head"]
+    assert report["signals"] == sum(len(e.names) for e in check)
+    for key in ("pipeline", "rules_only"):
+        assert 0.0 <= report[key]["micro"]["f1"] <= 1.0 and 0.0 <= report[key]["span_recall"] <= 1.0
+    # The rules alone are the committed lexicon, whatever the tiny head adds to them.
+    assert report["pipeline"]["micro"]["recall"] >= report["rules_only"]["micro"]["recall"]
+    assert report["baselines"]["keyword_signals"]["micro"]["precision"] > 0.0
+    assert "| micro-F1 (P / R) |" in done.stdout
