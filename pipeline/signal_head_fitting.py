@@ -33,6 +33,7 @@ import numpy as np
 
 from pipeline.artifact import attach_files
 from pipeline.errors import DataError
+from pipeline.goldsets import read_jsonl_rows
 from pipeline.routing_goldset import load_routing_goldset
 from pipeline.schema import Message
 from pipeline.signal_head import DEFAULT_LAYERS, SIGNAL_HEAD_FILE, SignalHead
@@ -93,16 +94,8 @@ def read_signal_training(
     hashes: dict[str, str] = {}
     seen: set[str] = set()
     for path in files:
-        raw = path.read_bytes()
-        hashes[path.name] = hashlib.sha256(raw).hexdigest()
-        for number, line in enumerate(raw.decode("utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            where = f"{path.name}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: not valid JSON ({exc.msg})", fix=fix) from exc
+        hashes[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+        for where, row in read_jsonl_rows(path, path.name, fix):
             if not isinstance(row, dict) or set(row) != {"id", "text", "signals", "kind", "style"}:
                 raise DataError(f"{where}: a row has exactly id, text, signals, kind, style", fix=fix)
             text, row_id = row["text"], row["id"]
