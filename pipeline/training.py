@@ -163,7 +163,7 @@ class TrainConfig(BaseModel):
         description="After training, fit the learned signal head on data/signal_training and the routing "
         "set's dev2 (before the route calibration, which depends on the signals found). Off by default: "
         "on the routing test split it raised tier-3 recall but lowered signal precision and tier "
-        "accuracy (README, 'Learned signal head').",
+        "accuracy (README, 'Signals on unseen phrasings').",
     )
     threshold_from_goldset: bool = Field(
         default=True,

@@ -1022,21 +1022,30 @@ def test_phrase_expansion_limit_changes_speed_not_signals(monkeypatch: pytest.Mo
     assert found > len(POSITIVE)
 
 
-# =============================================================================== generalisation round (team-written set)
+# ============================================================= generalisation round (team-written set)
 # Rules written from the tune half of data/signal_training (stop 17). Those that also fired, mostly
 # wrongly, on real CFPB narratives were dropped (a loose "again" near an earlier fix, "asking" for a
 # senior person, content words like "thread", a broad "never arrived"), and their cases with them.
 
 GENERALISED_POSITIVE = [
-    ("bounced_between_agents", "The first agent said the fee would be refunded. A different agent told me it was never charged."),
-    ("bounced_between_agents", "Your escrow department told me it was paid, but your tax department says they have no record."),
+    (
+        "bounced_between_agents",
+        "The first agent said the fee would be refunded. A different agent told me it was never charged.",
+    ),
+    (
+        "bounced_between_agents",
+        "Your escrow department told me it was paid, but your tax department says they have no record.",
+    ),
     ("bounced_between_agents", "Apparently the answer depends on who picks up the phone."),
     ("charged_not_delivered", "The ATM ate my $300 yesterday and nothing came out."),
     ("public_threat", "I shall be writing a letter to the editor of our local newspaper."),
 ]
 
 GENERALISED_NEGATIVE = [
-    ("bounced_between_agents", "Your fraud team told me by telephone that the payment is with your correspondent bank."),
+    (
+        "bounced_between_agents",
+        "Your fraud team told me by telephone that the payment is with your correspondent bank.",
+    ),
     ("repeat_failure", "I raised it in writing in March and again in May."),
     ("manager_request", "Agent: I can transfer you to my supervisor if you'd like."),
     ("public_threat", "When is the annual general meeting of the allotment society?"),

@@ -62,7 +62,11 @@ TINY = {
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("trained")
     config_path = folder / "config.yaml"
-    weighted = {"class_weighting": {"product": "inverse_sqrt"}, "data": {**TINY["data"], "intent_repeats": 2}}
+    weighted = {
+        "class_weighting": {"product": "inverse_sqrt"},
+        "data": {**TINY["data"], "intent_repeats": 2},
+        "fit_signal_head": True,
+    }
     config_path.write_text(yaml.safe_dump({**TINY, **weighted, "output": str(folder / "model")}))
     result = CliRunner().invoke(app, ["train", "--config", str(config_path)])
     assert result.exit_code == 0, result.output
@@ -95,6 +99,11 @@ def test_trained_folder_has_every_part_and_verifies(trained: Path):
     summary = json.loads((trained / "out_of_scope.json").read_text())
     assert summary["intent_dataset"] == "banking77" and summary["fitted_on"] == 150
     assert summary["held_out"] > 0 and summary["intents"] == 77
+    # Asked for, the learned signal head is fitted (on the layers this small encoder has) before the
+    # route calibration, and the pipeline loads it.
+    assert "signal_head.safetensors" in model.manifest.files and "signal_head.json" in model.manifest.files
+    head = Pipeline.from_folder(trained).encoder.signal_head
+    assert head is not None and max(head.layers) <= model.net.encoder.settings.num_hidden_layers
 
 
 def test_model_card_names_the_config_it_was_trained_with(trained: Path):
