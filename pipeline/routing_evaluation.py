@@ -120,15 +120,16 @@ def signal_metrics(gold: Sequence[set[str]], predicted: Sequence[set[str]]) -> d
     return {"micro": micro.__dict__, "per_signal": per_signal}
 
 
-def span_recall(gold: Sequence[RoutingGoldMessage], results: Sequence[TriageResult]) -> float:
-    """Share of labelled signal spans overlapped by a predicted signal of the same name."""
+def span_recall(
+    gold_spans: Sequence[Sequence[tuple[str, int, int]]], results: Sequence[TriageResult]
+) -> float:
+    """Share of labelled signal spans ``(name, start, end)`` overlapped by a predicted signal of the
+    same name (per message, in original offsets)."""
     hit = total = 0
-    for g, r in zip(gold, results, strict=True):
-        for signal in g.signals:
+    for spans, r in zip(gold_spans, results, strict=True):
+        for name, start, end in spans:
             total += 1
-            hit += any(
-                s.name == signal.name and s.start < signal.end and signal.start < s.end for s in r.signals
-            )
+            hit += any(s.name == name and s.start < end and start < s.end for s in r.signals)
     return round(hit / total, 4) if total else 0.0
 
 
@@ -175,7 +176,9 @@ def evaluate_routing(pipeline: Pipeline, gold: Sequence[RoutingGoldMessage]) -> 
         "tier": tier_metrics(gold_tiers, tiers, policy.escalation_tier),
         "signals": {
             **signal_metrics(gold_signals, [{s.name for s in r.signals} for r in results]),
-            "span_recall": span_recall(gold, results),
+            "span_recall": span_recall(
+                [[(s.name, s.start, s.end) for s in g.signals] for g in gold], results
+            ),
         },
         "review": {
             "share": round(1 - len(automatic) / max(len(results), 1), 4),

@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
 
 from pipeline.errors import DataError, ModelLoadError
 from pipeline.schema import Signal
@@ -178,11 +178,9 @@ class SignalHead:
         """Read and check a head file against the encoder it must read (width and layer count)."""
         fix = "rebuild it with `hearken fit-signals MODEL`, or restore the model folder"
         try:
-            tensors = load_file(str(path))
-            with open(path, "rb") as handle:
-                header_size = int.from_bytes(handle.read(8), "little")
-                header = json.loads(handle.read(header_size))
-            metadata = header.get("__metadata__") or {}
+            with safe_open(str(path), framework="np") as handle:
+                metadata = handle.metadata() or {}
+                tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 - not iterable
             meta = json.loads(metadata["head"])
             if metadata.get("kind") != _KIND:
                 raise ValueError(f"kind is {metadata.get('kind')!r}, not {_KIND!r}")

@@ -34,8 +34,8 @@ import numpy as np
 from pipeline.artifact import attach_files
 from pipeline.errors import DataError
 from pipeline.goldsets import read_jsonl_rows
+from pipeline.routing_evaluation import signal_metrics
 from pipeline.routing_goldset import load_routing_goldset
-from pipeline.schema import Message
 from pipeline.signal_head import DEFAULT_LAYERS, SIGNAL_HEAD_FILE, SignalHead
 from pipeline.triage import Pipeline
 
@@ -158,7 +158,9 @@ def read_examples(
 ) -> list[_Read]:
     """Each example through the pipeline's own stages: sentence features, targets, the rules' signals.
 
-    A sentence is a target for a signal when the labelled evidence overlaps it (in original offsets).
+    One normalise-and-segment per example serves both the encoder pass and the rule detector (the
+    stage ``Pipeline.route_batch`` runs, on the same readings). A sentence is a target for a signal
+    when the labelled evidence overlaps it (in original offsets).
     """
     reads: list[_Read] = []
     for offset in range(0, len(examples), _BATCH):
@@ -171,10 +173,8 @@ def read_examples(
             out_of_scope=False,
             signal_features=layers,
         )
-        routed = pipeline.route_batch([Message(text=e.text) for e in chunk])
-        for example, norm, sents, output, result in zip(
-            chunk, normalised, sentences, encoded, routed, strict=True
-        ):
+        histories = iter(pipeline.segmenter.segment_many([h.text for n in normalised for h in n.history]))
+        for example, norm, sents, output in zip(chunk, normalised, sentences, encoded, strict=True):
             assert output.sentence_signal_features is not None  # asked for
             targets = np.zeros((len(sents), len(labels)))
             for i, sentence in enumerate(sents):
@@ -182,22 +182,14 @@ def read_examples(
                 for name, a, b in example.spans:
                     if name in labels and a < end and b > start:
                         targets[i, labels.index(name)] = 1.0
-            rules = (
-                frozenset(s.name for s in result.signals)
-                if not isinstance(result, Exception)
-                else frozenset()
-            )
+            history = [next(histories) for _ in norm.history]
+            rules = frozenset(s.name for s in pipeline.signal_detector.detect(norm, sents, history))
             reads.append(_Read(output.sentence_signal_features, targets, rules, example.names))
     return reads
 
 
-def _micro(reads: Sequence[_Read], predicted: Sequence[set[str]]) -> dict[str, float]:
-    tp = sum(len(p & r.names) for r, p in zip(reads, predicted, strict=True))
-    fp = sum(len(p - r.names) for r, p in zip(reads, predicted, strict=True))
-    fn = sum(len(r.names - p) for r, p in zip(reads, predicted, strict=True))
-    precision, recall = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
-    f1 = 2 * precision * recall / max(precision + recall, 1e-9)
-    return {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4)}
+def _micro(reads: Sequence[_Read], predicted: Sequence[set[str]]) -> dict[str, Any]:
+    return signal_metrics([set(r.names) for r in reads], predicted)["micro"]
 
 
 def _head_names(probabilities: np.ndarray, labels: Sequence[str], threshold: float) -> set[str]:
@@ -250,11 +242,12 @@ def cross_validate(
         )
     best = max(table, key=lambda row: (row["rules_and_head"]["f1"], row["threshold"]))
     threshold = float(best["threshold"])
+    head_sets = [_head_names(p, labels, threshold) for p in held_out]
     added: dict[str, dict[str, float]] = {}
     for name in labels:
         right = wrong = 0
-        for read, probs in zip(reads, held_out, strict=True):
-            if name in read.rules or name not in _head_names(probs, labels, threshold):
+        for read, found in zip(reads, head_sets, strict=True):
+            if name in read.rules or name not in found:
                 continue
             right, wrong = right + (name in read.names), wrong + (name not in read.names)
         added[name] = {

@@ -27,7 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.routing_evaluation import keyword_signals, signal_metrics  # noqa: E402
+from pipeline.evaluation import route_in_batches  # noqa: E402
+from pipeline.routing_evaluation import keyword_signals, signal_metrics, span_recall  # noqa: E402
 from pipeline.schema import Message, TriageResult  # noqa: E402
 from pipeline.signal_head_fitting import DEFAULT_TRAINING_DIR, SignalExample, read_signal_training  # noqa: E402
 from pipeline.triage import Pipeline  # noqa: E402
@@ -35,27 +36,16 @@ from pipeline.triage import Pipeline  # noqa: E402
 
 def route(pipeline: Pipeline, examples: list[SignalExample]) -> list[TriageResult]:
     results = []
-    for offset in range(0, len(examples), 64):
-        chunk = examples[offset : offset + 64]
-        for outcome in pipeline.route_batch([Message(id=e.id, text=e.text) for e in chunk]):
-            if not isinstance(outcome, TriageResult):
-                raise SystemExit(f"a written message could not be routed: {outcome}")
-            results.append(outcome)
+    for outcome in route_in_batches(pipeline, [Message(id=e.id, text=e.text) for e in examples], 64):
+        if not isinstance(outcome, TriageResult):
+            raise SystemExit(f"a written message could not be routed: {outcome}")
+        results.append(outcome)
     return results
-
-
-def span_recall(examples: list[SignalExample], results: list[TriageResult]) -> float:
-    hit = total = 0
-    for example, result in zip(examples, results, strict=True):
-        for name, start, end in example.spans:
-            total += 1
-            hit += any(s.name == name and s.start < end and start < s.end for s in result.signals)
-    return round(hit / total, 4) if total else 0.0
 
 
 def score(examples: list[SignalExample], results: list[TriageResult]) -> dict:
     report = signal_metrics([set(e.names) for e in examples], [{s.name for s in r.signals} for r in results])
-    report["span_recall"] = span_recall(examples, results)
+    report["span_recall"] = span_recall([e.spans for e in examples], results)
     return report
 
 
