@@ -14,7 +14,8 @@ cross-attention); anything else is refused when the config is read, not mis-comp
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -124,7 +125,7 @@ class BertEmbeddings(nn.Module):
 
 class BertSelfAttention(nn.Module):
     """Multi-head self-attention: torch's fused scaled-dot-product kernel, or explicit matmuls in bf16
-    inference (see ``explicit_attention``)."""
+    inference where those are faster (``explicit_bf16``; see ``explicit_attention``)."""
 
     def __init__(self, settings: BertSettings) -> None:
         super().__init__()
@@ -134,6 +135,8 @@ class BertSelfAttention(nn.Module):
         self.key = nn.Linear(settings.hidden_size, settings.hidden_size)
         self.value = nn.Linear(settings.hidden_size, settings.hidden_size)
         self.dropout_prob = settings.attention_probs_dropout_prob
+        # Set per CPU by the inference runtime (``runtime.resolve_bf16_attention``).
+        self.explicit_bf16 = True
 
     def explicit_attention(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_bias: torch.Tensor
@@ -144,9 +147,9 @@ class BertSelfAttention(nn.Module):
         was 38% of a 256-token forward pass; measured per layer, 8 x 256 tokens: 7.1 ms fused,
         4.3 ms here). The scores are rounded to bf16 before the softmax, as every matmul output
         on this path is, and ``scripts/bench_classify.py`` reports argmax agreement with fp32.
-        In fp32 the fused kernel is the faster one at 256 tokens, so fp32 and training keep it.
-        Measured on AVX512-BF16 CPUs without AMX only; on AMX CPUs the two paths have not yet
-        been timed against each other.
+        In fp32 the fused kernel is the faster one at 256 tokens, so fp32 and training keep it, and
+        so does bf16 on CPUs with AMX, where the fused kernel is faster again (measured in
+        ``runtime.resolve_bf16_attention``).
         """
         with torch.autocast("cpu", enabled=False):  # autocast would run the softmax in fp32
             scores = torch.matmul(query * self.head_size**-0.5, key.transpose(-1, -2))
@@ -165,14 +168,14 @@ class BertSelfAttention(nn.Module):
         query = self.split_heads(self.query(hidden))
         key = self.split_heads(self.key(hidden))
         value = self.split_heads(self.value(hidden))
-        if query.dtype == torch.bfloat16 and not self.training:
+        if query.dtype == torch.bfloat16 and not self.training and self.explicit_bf16:
             context = self.explicit_attention(query, key, value, attention_bias)
         else:
             context = F.scaled_dot_product_attention(
                 query,
                 key,
                 value,
-                attn_mask=attention_bias,
+                attn_mask=attention_bias.to(query.dtype),
                 dropout_p=self.dropout_prob if self.training else 0.0,
             )
         batch, _, tokens, _ = context.shape
@@ -250,6 +253,35 @@ class BertLayers(nn.Module):
             if number in taps:
                 tapped.append(hidden)
         return hidden, tapped
+
+
+_INIT_FUNCTIONS = ("kaiming_uniform_", "uniform_", "normal_", "ones_", "zeros_")
+
+
+@contextlib.contextmanager
+def skipped_parameter_init() -> Iterator[None]:
+    """Build modules without their random initialisation, for weights that are about to be loaded.
+
+    ``nn.Linear`` and ``nn.Embedding`` initialise themselves in their constructors: 22 M random
+    numbers for this encoder, 0.13 s of every cold start, all overwritten by the saved tensors a
+    moment later. While this is active the ``torch.nn.init`` functions they call return their
+    tensor untouched (what transformers' ``no_init_weights`` does). The meta device would avoid
+    the patch, but its device context imports torch._dynamo, over a second. The patch is
+    process-wide, so use it only around building a network whose every parameter is then loaded
+    (``artifact.load_model`` checks that the state covers them all).
+    """
+    saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS}
+
+    def untouched(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return tensor
+
+    try:
+        for name in _INIT_FUNCTIONS:
+            setattr(nn.init, name, untouched)
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(nn.init, name, function)
 
 
 class BertEncoder(nn.Module):

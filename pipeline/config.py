@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.language import LanguageConfig
 from pipeline.normalise import NormaliserConfig
-from pipeline.runtime import Precision
+from pipeline.runtime import Bf16Attention, Precision
 from pipeline.segment import SegmenterConfig
 from pipeline.signals import SignalConfig
 
@@ -42,6 +42,12 @@ class EncoderConfig(BaseModel):
     )
     precision: Precision = Field(
         default="auto", description="auto picks bf16 autocast on CPUs with native bf16, else fp32."
+    )
+    bf16_attention: Bf16Attention = Field(
+        default="auto",
+        description="Attention kernel on the bf16 path: auto picks torch's fused kernel on CPUs with AMX "
+        "and two explicit bf16 matmuls elsewhere (each the faster one there, measured); fp32 always "
+        "uses the fused kernel.",
     )
     num_threads: int | None = Field(default=None, description="torch intra-op threads; None = torch default.")
 

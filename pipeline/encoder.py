@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tokenizers import Tokenizer
 from torch import nn
 
-from pipeline.bert import BertEncoder, BertSettings
+from pipeline.bert import BertEncoder, BertSelfAttention, BertSettings
 from pipeline.config import EncoderConfig
 from pipeline.errors import ModelLoadError
 from pipeline.ood import OutOfScopeDetector
@@ -37,6 +37,7 @@ from pipeline.runtime import (
     configure_threads,
     inference_context,
     prepack_bf16_linears,
+    resolve_bf16_attention,
     resolve_precision,
 )
 from pipeline.signal_head import SignalHead
@@ -366,6 +367,10 @@ class TextEncoder:
                 fix="load the model folder again (Pipeline.from_folder) for an fp32 pipeline",
             )
         configure_threads(config.num_threads)
+        self.bf16_attention = resolve_bf16_attention(config.bf16_attention)
+        for module in net.modules():
+            if isinstance(module, BertSelfAttention):
+                module.explicit_bf16 = self.bf16_attention == "explicit"
         self.cls_id = self._special_id("[CLS]")
         self.sep_id = self._special_id("[SEP]")
         self.pad_id = self._special_id("[PAD]")

@@ -20,6 +20,7 @@ from torch import nn
 from pipeline.errors import ConfigError
 
 Precision = Literal["auto", "bf16", "fp32"]
+Bf16Attention = Literal["auto", "fused", "explicit"]
 PRECISION_ENV = "HEARKEN_PRECISION"
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,29 @@ def cpu_has_native_bf16() -> bool:
         except RuntimeError:  # very old or unusual builds: treat as unsupported
             continue
     return False
+
+
+def cpu_has_amx() -> bool:
+    """True when the CPU has AMX tiles (where oneDNN's bf16 kernels run on the matrix unit)."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    try:
+        return bool(probe is not None and probe())
+    except RuntimeError:
+        return False
+
+
+def resolve_bf16_attention(requested: Bf16Attention = "auto") -> Literal["fused", "explicit"]:
+    """The faster exact attention kernel for bf16 inference on this CPU.
+
+    Measured on the committed model's encoder, 2 threads, 8 x 256 tokens: on AVX512-BF16 without
+    AMX (AMD EPYC) two explicit bf16 matmuls and a softmax took 4.3 ms a layer against 7.1 ms for
+    torch's fused kernel; on AMX (Intel Xeon) the fused kernel is the faster one, a whole pass
+    63.7 against 74.5 ms (one window 14.0 against 17.0 ms), and it is also a little closer to fp32
+    (mean-pooled cosine 0.99998 against 0.99995).
+    """
+    if requested != "auto":
+        return requested
+    return "fused" if cpu_has_amx() else "explicit"
 
 
 def resolve_precision(requested: Precision = "auto") -> Literal["bf16", "fp32"]:

@@ -197,7 +197,7 @@ class Pipeline:
         """
         offline()
         start_loading_identifier()  # overlaps its decompression with loading the model
-        model = load_model(folder)
+        model = load_model(folder, for_inference=True)
         bundle = load_model_policy(model, policy)
         calibration = None
         if CALIBRATION_FILE in model.extra_files:

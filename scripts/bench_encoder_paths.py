@@ -9,7 +9,9 @@ passes, for one 256-token window, eight of them, and one 64-token window:
 
 - ``torch_fp32``: the fp32 reference;
 - ``torch_bf16``: what ``Pipeline.from_folder`` builds on a CPU with native bf16 (prepacked weights,
-  explicit attention); fp32 elsewhere, then this row repeats the fp32 one;
+  the attention kernel ``runtime.resolve_bf16_attention`` picks there); fp32 elsewhere, then this
+  row repeats the fp32 one;
+- ``torch_bf16_fused_attention`` / ``torch_bf16_explicit_attention``: the same with the other kernel;
 - ``torch_int8_per_channel`` / ``torch_int8_per_tensor``: dynamic int8 Linear layers
   (``torch.ao.quantization.quantize_dynamic``, deprecated in torch 2.13 but still working);
 - ``openvino_bf16`` / ``openvino_fp32``: only when the ``openvino`` package is importable (it is
@@ -77,6 +79,7 @@ def main() -> None:
     import torch
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
+    from pipeline.bert import BertSelfAttention
     from pipeline.runtime import inference_context, precision_override
     from pipeline.triage import Pipeline
 
@@ -106,6 +109,17 @@ def main() -> None:
         ),
     }
     notes: dict[str, Any] = {}
+    if fast_pipeline.precision == "bf16":
+        # The attention kernel the runtime did not pick on this CPU, to show the choice was right.
+        chosen = fast_pipeline.encoder.bf16_attention
+        other = "explicit" if chosen == "fused" else "fused"
+        with precision_override(None):
+            other_net = Pipeline.from_folder(args.model).encoder.net.encoder
+        for module in other_net.modules():
+            if isinstance(module, BertSelfAttention):
+                module.explicit_bf16 = other == "explicit"
+        paths[f"torch_bf16_{other}_attention"] = torch_path(other_net, "bf16")
+        notes["bf16_attention"] = {"pipeline": chosen, "also_timed": other}
     try:
         import openvino as ov
     except ImportError:

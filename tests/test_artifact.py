@@ -41,6 +41,43 @@ def test_round_trip_keeps_weights_config_and_version(tiny_model_dir: Path):
         assert torch.equal(a, b), name
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_loading_for_inference_keeps_stored_bf16_matmul_weights_and_reads_the_same(
+    tiny_model_dir: Path, precision: str, monkeypatch: pytest.MonkeyPatch
+):
+    """A pipeline's network skips widening its matmul weights to fp32 when it will run in bf16; what
+    it computes is exactly what the fp32 load, rounded for bf16 at start-up, computes."""
+    from pipeline.runtime import PRECISION_ENV
+    from pipeline.schema import Message, TriageResult
+    from pipeline.triage import Pipeline
+
+    monkeypatch.setenv(PRECISION_ENV, precision)
+    trainable = load_model(tiny_model_dir)
+    assert all(p.dtype == torch.float32 for p in trainable.net.parameters())
+    served = load_model(tiny_model_dir, for_inference=True)
+    linear = served.net.encoder.encoder.layer[0].intermediate.dense
+    expected = torch.bfloat16 if precision == "bf16" else torch.float32
+    assert linear.weight.dtype == linear.bias.dtype == expected
+    assert served.net.encoder.embeddings.word_embeddings.weight.dtype == torch.float32
+    assert served.net.encoder.embeddings.LayerNorm.weight.dtype == torch.float32
+    for name, value in served.net.state_dict().items():
+        assert torch.equal(value.float(), trainable.net.state_dict()[name].to(value.dtype).float()), name
+
+    texts = [
+        Message(text=t)
+        for t in ("I was charged twice. Can you refund the second charge?", "Where's my card?")
+    ]
+    from_folder = Pipeline.from_folder(tiny_model_dir).route_batch(texts)
+    by_hand = Pipeline.from_model(
+        trainable, policy=Pipeline.from_folder(tiny_model_dir).policy, calibration=None
+    )
+    by_hand.encoder.store_weights_for_precision()
+    for a, b in zip(from_folder, by_hand.route_batch(texts), strict=True):
+        assert isinstance(a, TriageResult) and isinstance(b, TriageResult)
+        assert [x.score for x in a.asks] == [x.score for x in b.asks]
+        assert a.product == b.product and a.intent == b.intent
+
+
 def test_missing_folder_names_the_fix(tmp_path: Path):
     with pytest.raises(ModelLoadError, match="hearken train"):
         load_model(tmp_path / "nope")

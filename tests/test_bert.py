@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from transformers import BertConfig, BertModel
 
 from pipeline.basemodel import base_model_dir
-from pipeline.bert import BertEncoder, BertSettings
+from pipeline.bert import BertEncoder, BertSettings, skipped_parameter_init
 from pipeline.errors import ModelLoadError
 
 
@@ -185,3 +185,19 @@ def test_checkpoint_with_wrong_names_or_shapes_is_refused():
     reshaped["embeddings.word_embeddings.weight"] = torch.zeros(51, 16)
     with pytest.raises(ModelLoadError, match="shape"):
         encoder.load_checkpoint(reshaped)
+
+
+def test_skipped_parameter_init_leaves_weights_for_loading_and_restores_torch_init():
+    originals = {name: getattr(torch.nn.init, name) for name in ("kaiming_uniform_", "normal_", "ones_")}
+    torch.manual_seed(0)
+    before = torch.random.get_rng_state()
+    with skipped_parameter_init():
+        torch.nn.Linear(64, 64)
+        torch.nn.Embedding(10, 8)
+    # No random numbers were drawn: the constructors' initialisation was skipped.
+    assert torch.equal(torch.random.get_rng_state(), before)
+    with pytest.raises(RuntimeError), skipped_parameter_init():
+        raise RuntimeError("a failed build")
+    assert all(getattr(torch.nn.init, name) is function for name, function in originals.items())
+    torch.nn.Linear(4, 4)
+    assert not torch.equal(torch.random.get_rng_state(), before)

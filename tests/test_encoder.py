@@ -11,7 +11,7 @@ import torch
 
 from pipeline import runtime
 from pipeline.basemodel import base_model_dir
-from pipeline.bert import BertSettings
+from pipeline.bert import BertEncoder, BertSelfAttention, BertSettings
 from pipeline.config import EncoderConfig
 from pipeline.encoder import HeadSpec, HearkenNet, TextEncoder, load_tokenizer, plan_windows
 from pipeline.errors import ModelLoadError
@@ -209,3 +209,49 @@ def test_precision_override_sets_or_clears_the_variable_and_restores_the_callers
     with pytest.raises(RuntimeError), runtime.precision_override("fp32"):
         raise RuntimeError("a failed load")
     assert runtime.PRECISION_ENV not in os.environ
+
+
+@pytest.mark.parametrize(("amx", "expected"), [(True, "fused"), (False, "explicit")])
+def test_bf16_attention_kernel_follows_the_cpu_unless_the_config_names_one(
+    monkeypatch: pytest.MonkeyPatch, amx: bool, expected: str
+) -> None:
+    monkeypatch.setattr(runtime, "cpu_has_amx", lambda: amx)
+    assert runtime.resolve_bf16_attention("auto") == expected
+    assert runtime.resolve_bf16_attention("explicit") == "explicit"
+    assert runtime.resolve_bf16_attention("fused") == "fused"
+    encoder = tiny_encoder(precision="bf16")
+    assert encoder.bf16_attention == expected
+    flags = {m.explicit_bf16 for m in encoder.net.modules() if isinstance(m, BertSelfAttention)}
+    assert flags == {expected == "explicit"}
+
+
+def test_both_bf16_attention_kernels_read_the_same_and_ignore_padding() -> None:
+    """The fused and explicit kernels differ only in rounding, and neither looks at padded keys, so
+    a window's states do not depend on the batch it was padded into."""
+    torch.manual_seed(0)
+    settings = BertSettings(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        initializer_range=0.2,  # BERT's 0.02 gives near-uniform attention: padding would hardly show
+    )
+    encoder = BertEncoder(settings).eval()
+    ids = torch.randint(5, 100, (2, 12))
+    mask = torch.ones(2, 12, dtype=torch.long)
+    mask[1, 6:] = 0
+    with torch.inference_mode():
+        reference = encoder(ids[1:, :6], mask[1:, :6])[0]  # fp32, fused kernel, no padding
+        states = {}
+        for explicit in (True, False):
+            for module in encoder.modules():
+                if isinstance(module, BertSelfAttention):
+                    module.explicit_bf16 = explicit
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                padded = encoder(ids, mask)[1, :6].float()
+                alone = encoder(ids[1:, :6], mask[1:, :6])[0].float()
+            torch.testing.assert_close(padded, alone, atol=3e-2, rtol=0)
+            torch.testing.assert_close(padded, reference, atol=6e-2, rtol=0)
+            states[explicit] = padded
+    torch.testing.assert_close(states[True], states[False], atol=3e-2, rtol=0)
